@@ -1,0 +1,253 @@
+//! Prometheus metrics. Families live here; each frontend gets its own handles once, when it is
+//! programmed, so workers only touch atomics on the flow path (no label lookup, no lock).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::model::Frontend;
+
+/// Labels of per-frontend series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FrontendLabels {
+    /// namespace/name.
+    pub service: String,
+    /// Service port name.
+    pub port: String,
+    /// tcp or udp.
+    pub protocol: String,
+    /// The nodePort.
+    pub node_port: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    service: String,
+    port: String,
+    protocol: String,
+    node_port: u16,
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    service: String,
+    port: String,
+    protocol: String,
+    node_port: u16,
+    reason: &'static str,
+}
+
+/// Labels of per-Service series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    /// namespace/name.
+    pub service: String,
+}
+
+/// Why a flow was refused or dropped.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// No usable endpoint.
+    NoEndpoint,
+    /// Every connect attempt failed or timed out.
+    ConnectFailed,
+    /// The conntrack shard is full.
+    TableFull,
+    /// A datagram could not be delivered (socket buffer full, endpoint unreachable).
+    Dropped,
+}
+
+impl Refusal {
+    const ALL: [Refusal; 4] = [
+        Self::NoEndpoint,
+        Self::ConnectFailed,
+        Self::TableFull,
+        Self::Dropped,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::NoEndpoint => "no_endpoint",
+            Self::ConnectFailed => "connect_failed",
+            Self::TableFull => "table_full",
+            Self::Dropped => "dropped",
+        }
+    }
+}
+
+/// A frontend's metric handles (atomics shared with the registry).
+#[derive(Clone, Debug, Default)]
+pub struct FrontendMetrics {
+    /// Flows open now.
+    pub active: Gauge,
+    /// Flows started.
+    pub flows: Counter,
+    /// Bytes client -> endpoint.
+    pub bytes_in: Counter,
+    /// Bytes endpoint -> client.
+    pub bytes_out: Counter,
+    refused: [Counter; 4],
+}
+
+impl FrontendMetrics {
+    /// Counts a refused flow or dropped datagram.
+    pub fn refuse(&self, why: Refusal) {
+        self.refused[why as usize].inc();
+    }
+}
+
+/// A family member's handle. The family's read guard must be gone before the next
+/// get_or_create may take its write lock, so it is dropped here, not at the caller's `;`.
+fn handle<S, M>(family: &Family<S, M>, labels: &S) -> M
+where
+    S: Clone + std::hash::Hash + Eq,
+    M: Clone + Default,
+{
+    let guard = family.get_or_create(labels);
+    let m = guard.clone();
+    drop(guard);
+    m
+}
+
+/// Every metric nodeportd exports.
+pub struct Metrics {
+    registry: Registry,
+    flows_active: Family<FrontendLabels, Gauge>,
+    flows: Family<FrontendLabels, Counter>,
+    bytes: Family<DirectionLabels, Counter>,
+    refused: Family<ReasonLabels, Counter>,
+    /// Time from a source change to the dataplane having it.
+    pub sync_duration: Histogram,
+    /// Endpoint set changes per Service.
+    pub endpoint_changes: Family<ServiceLabels, Counter>,
+    /// Objects or files rejected.
+    pub config_errors: Counter,
+    /// nodePort sockets open.
+    pub listeners: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every family.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("nodeportd");
+        let flows_active = Family::<FrontendLabels, Gauge>::default();
+        let flows = Family::<FrontendLabels, Counter>::default();
+        let bytes = Family::<DirectionLabels, Counter>::default();
+        let refused = Family::<ReasonLabels, Counter>::default();
+        let sync_duration = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
+        let endpoint_changes = Family::<ServiceLabels, Counter>::default();
+        let config_errors = Counter::default();
+        let listeners = Gauge::default();
+        registry.register("flows_active", "Flows open now", flows_active.clone());
+        registry.register("flows", "Flows started", flows.clone());
+        registry.register(
+            "bytes",
+            "Payload bytes relayed (direction in: client to endpoint)",
+            bytes.clone(),
+        );
+        registry.register(
+            "flows_refused",
+            "Flows refused or datagrams dropped, by reason",
+            refused.clone(),
+        );
+        registry.register(
+            "sync_duration_seconds",
+            "Time to program one source change",
+            sync_duration.clone(),
+        );
+        registry.register(
+            "endpoint_changes",
+            "Changes of a Service's endpoint set",
+            endpoint_changes.clone(),
+        );
+        registry.register(
+            "config_errors",
+            "Manifests or objects rejected",
+            config_errors.clone(),
+        );
+        registry.register("listeners", "nodePort sockets open", listeners.clone());
+        Self {
+            registry,
+            flows_active,
+            flows,
+            bytes,
+            refused,
+            sync_duration,
+            endpoint_changes,
+            config_errors,
+            listeners,
+        }
+    }
+
+    fn labels(fe: &Frontend) -> FrontendLabels {
+        FrontendLabels {
+            service: fe.service.to_string(),
+            port: fe.port_name.clone(),
+            protocol: fe.key.protocol.as_str().to_string(),
+            node_port: fe.key.node_port,
+        }
+    }
+
+    fn direction(l: &FrontendLabels, direction: &'static str) -> DirectionLabels {
+        DirectionLabels {
+            service: l.service.clone(),
+            port: l.port.clone(),
+            protocol: l.protocol.clone(),
+            node_port: l.node_port,
+            direction,
+        }
+    }
+
+    fn reason(l: &FrontendLabels, reason: Refusal) -> ReasonLabels {
+        ReasonLabels {
+            service: l.service.clone(),
+            port: l.port.clone(),
+            protocol: l.protocol.clone(),
+            node_port: l.node_port,
+            reason: reason.label(),
+        }
+    }
+
+    /// Handles for a frontend (the same atomics every time it is rebuilt).
+    pub fn frontend(&self, fe: &Frontend) -> FrontendMetrics {
+        let l = Self::labels(fe);
+        FrontendMetrics {
+            active: handle(&self.flows_active, &l),
+            flows: handle(&self.flows, &l),
+            bytes_in: handle(&self.bytes, &Self::direction(&l, "in")),
+            bytes_out: handle(&self.bytes, &Self::direction(&l, "out")),
+            refused: Refusal::ALL.map(|r| handle(&self.refused, &Self::reason(&l, r))),
+        }
+    }
+
+    /// Removes a frontend's series once its Service is gone.
+    pub fn forget(&self, fe: &Frontend) {
+        let l = Self::labels(fe);
+        self.flows_active.remove(&l);
+        self.flows.remove(&l);
+        self.bytes.remove(&Self::direction(&l, "in"));
+        self.bytes.remove(&Self::direction(&l, "out"));
+        for r in Refusal::ALL {
+            self.refused.remove(&Self::reason(&l, r));
+        }
+    }
+
+    /// Text exposition for /metrics.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

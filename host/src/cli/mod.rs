@@ -1,0 +1,128 @@
+//! The command line: `nodeportd run` (the daemon) and `nodeportd conntrack` (the dump).
+
+pub mod conntrack;
+pub mod run;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
+
+/// Kubernetes NodePort dataplane with its own conntrack.
+#[derive(Parser, Debug)]
+#[command(name = "nodeportd", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)] // parsed once at start
+pub enum Command {
+    /// Run the node daemon.
+    Run(RunArgs),
+    /// Print the conntrack table of a running daemon, like `conntrack -L`.
+    Conntrack(ConntrackArgs),
+}
+
+/// How the relay moves bytes.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RelayMode {
+    /// splice(2) through a pipe, falling back to copy where unsupported.
+    Splice,
+    /// read/write through a userspace buffer.
+    Copy,
+}
+
+/// Log output format.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| e.to_string())
+}
+
+fn parse_range(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or("expected FROM-TO, for example 30000-32767")?;
+    let a: u16 = a.trim().parse().map_err(|e| format!("{a}: {e}"))?;
+    let b: u16 = b.trim().parse().map_err(|e| format!("{b}: {e}"))?;
+    if a == 0 || a > b {
+        return Err(format!("{s} is not a valid port range"));
+    }
+    Ok((a, b))
+}
+
+/// `nodeportd run`.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Directory of Kubernetes manifests (Services, EndpointSlices); watched for changes.
+    #[arg(long, value_name = "DIR")]
+    pub manifests: PathBuf,
+    /// This node's name: externalTrafficPolicy Local uses endpoints with this nodeName.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+    /// This node's zone, for topology hints.
+    #[arg(long, env = "NODE_ZONE")]
+    pub node_zone: Option<String>,
+    /// Node addresses to serve nodePorts on, as CIDRs (default: all addresses).
+    #[arg(long, value_delimiter = ',', value_name = "CIDR,...")]
+    pub nodeport_addresses: Vec<IpNet>,
+    /// Allowed nodePort range.
+    #[arg(long, default_value = "30000-32767", value_parser = parse_range)]
+    pub nodeport_range: (u16, u16),
+    /// Admin server address (probes, /metrics, /conntrack).
+    #[arg(long, default_value = "127.0.0.1:10256")]
+    pub admin_address: SocketAddr,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Time allowed for one connect to an endpoint before another is tried.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// Endpoints tried per TCP connection before the client is reset.
+    #[arg(long, default_value_t = 3)]
+    pub connect_attempts: usize,
+    /// UDP flow idle timeout until the endpoint answers (kernel nf_conntrack_udp_timeout).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub udp_timeout: Duration,
+    /// UDP flow idle timeout once the endpoint has answered (nf_conntrack_udp_timeout_stream).
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub udp_stream_timeout: Duration,
+    /// TCP idle timeout, 0 for none (kube-proxy sets 24h for established flows).
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub tcp_idle_timeout: Duration,
+    /// Conntrack entries per worker; new flows beyond it are refused and counted.
+    #[arg(long, default_value_t = 262_144)]
+    pub max_flows_per_worker: usize,
+    /// How TCP payload is relayed.
+    #[arg(long, value_enum, default_value_t = RelayMode::Splice)]
+    pub relay: RelayMode,
+    /// On SIGTERM, how long flows may finish after listeners close.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// `nodeportd conntrack`.
+#[derive(Args, Debug)]
+pub struct ConntrackArgs {
+    /// Admin address of the running daemon.
+    #[arg(long, default_value = "127.0.0.1:10256")]
+    pub admin_address: SocketAddr,
+    /// Print JSON instead of lines.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,115 @@
+//! `nodeportd run`: wires source -> sync -> dataplane, the admin server and signals.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use super::{RelayMode, RunArgs};
+use crate::admin::metrics::Metrics;
+use crate::admin::server::{self, AdminState};
+use crate::dataplane::listener::BindAddresses;
+use crate::dataplane::{Dataplane, DataplaneConfig};
+use crate::model::store::Store;
+use crate::model::NodeInfo;
+use crate::source::manifests::ManifestDir;
+use crate::sync::{Event, Sync};
+
+/// Raises the open-file limit to its hard maximum: every flow holds two to six descriptors.
+fn raise_nofile() {
+    if let Ok((_, hard)) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+    {
+        let _ =
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT; returns once flows are drained.
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    raise_nofile();
+    if !args.manifests.is_dir() {
+        anyhow::bail!("--manifests {}: not a directory", args.manifests.display());
+    }
+    let workers = args
+        .workers
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+        .max(1);
+    let bind =
+        BindAddresses::resolve(&args.nodeport_addresses).context("cannot read node addresses")?;
+    let cfg = DataplaneConfig {
+        workers,
+        connect_timeout: args.connect_timeout,
+        connect_attempts: args.connect_attempts.max(1),
+        udp_timeout: args.udp_timeout,
+        udp_stream_timeout: args.udp_stream_timeout,
+        tcp_idle_timeout: args.tcp_idle_timeout,
+        max_flows_per_worker: args.max_flows_per_worker.max(1),
+        splice: args.relay == RelayMode::Splice,
+        bind,
+    };
+    tracing::info!(workers, node = %args.node_name, manifests = %args.manifests.display(), "starting nodeportd");
+    let metrics = Arc::new(Metrics::new());
+    let ready = Arc::new(AtomicBool::new(false));
+    let dataplane =
+        Dataplane::start(cfg, metrics.clone()).context("cannot start dataplane workers")?;
+    let admin = AdminState {
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+        conntrack: dataplane.conntrack(),
+    };
+    let node = NodeInfo {
+        name: args.node_name.clone(),
+        zone: args.node_zone.clone(),
+    };
+    let store = Store::new(args.nodeport_range.0..=args.nodeport_range.1, node);
+    let (tx, rx) = crossbeam_channel::unbounded::<Event>();
+    let sync = Sync::new(store, dataplane, metrics, ready);
+    let sync_thread = std::thread::Builder::new()
+        .name("nodeportd-sync".into())
+        .spawn(move || sync.run(rx))?;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let admin_task = tokio::spawn(server::serve(args.admin_address, admin, async {
+            let _ = stop_rx.await;
+        }));
+        // Sources start once the admin address is ours, so a taken admin port fails fast.
+        tokio::task::yield_now().await;
+        if admin_task.is_finished() {
+            let _ = tx.send(Event::Shutdown(std::time::Duration::ZERO));
+            return admin_task.await?;
+        }
+        let (stx, srx) = crossbeam_channel::unbounded();
+        let forward = tx.clone();
+        std::thread::Builder::new().name("nodeportd-source".into()).spawn(move || {
+            for ev in srx {
+                if forward.send(Event::Source(ev)).is_err() {
+                    return;
+                }
+            }
+        })?;
+        if let Err(e) = ManifestDir::spawn(args.manifests.clone(), stx) {
+            let _ = tx.send(Event::Shutdown(std::time::Duration::ZERO));
+            return Err(e);
+        }
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
+            r = admin_task => { let _ = tx.send(Event::Shutdown(std::time::Duration::ZERO)); return r?; }
+        }
+        let _ = tx.send(Event::Shutdown(args.shutdown_grace));
+        tokio::task::spawn_blocking(move || sync_thread.join()).await?.ok();
+        let _ = stop_tx.send(());
+        tracing::info!("stopped");
+        Ok(())
+    })
+}

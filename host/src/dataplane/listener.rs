@@ -1,0 +1,135 @@
+//! nodePort sockets: which node addresses to bind (kube-proxy's --nodeport-addresses) and how.
+//! One socket per (protocol, nodePort, bind address), whatever the number of workers: a
+//! wildcard address per family by default, so 2,768 ports x 2 protocols x 2 families is
+//! 11,072 descriptors on any node, where SO_REUSEPORT per worker would multiply that by cores.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+
+use ipnet::IpNet;
+use socket2::{Domain, Protocol as SockProto, SockAddr, Socket, Type};
+
+use crate::model::Family;
+
+/// Accept queue length: bursts of new connections wait here rather than being dropped.
+const BACKLOG: i32 = 4096;
+
+/// The node addresses nodePorts are bound to, per family.
+#[derive(Clone, Debug)]
+pub struct BindAddresses {
+    v4: Vec<IpAddr>,
+    v6: Vec<IpAddr>,
+}
+
+impl BindAddresses {
+    /// Empty `cidrs`: every address (a wildcard socket per family). Otherwise the node's
+    /// interface addresses inside those CIDRs, read once at start.
+    pub fn resolve(cidrs: &[IpNet]) -> io::Result<Self> {
+        if cidrs.is_empty() {
+            return Ok(Self {
+                v4: vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)],
+                v6: vec![IpAddr::V6(Ipv6Addr::UNSPECIFIED)],
+            });
+        }
+        let mut v4 = Vec::new();
+        let mut v6 = Vec::new();
+        for ifa in nix::ifaddrs::getifaddrs()? {
+            let Some(addr) = ifa.address else { continue };
+            let ip = if let Some(sin) = addr.as_sockaddr_in() {
+                IpAddr::V4(sin.ip())
+            } else if let Some(sin6) = addr.as_sockaddr_in6() {
+                let ip = sin6.ip();
+                if ip.is_unicast_link_local() {
+                    continue; // needs a scope id; kube-proxy skips these as well
+                }
+                IpAddr::V6(ip)
+            } else {
+                continue;
+            };
+            if cidrs.iter().any(|c| c.contains(&ip)) {
+                let list = if ip.is_ipv4() { &mut v4 } else { &mut v6 };
+                if !list.contains(&ip) {
+                    list.push(ip);
+                }
+            }
+        }
+        Ok(Self { v4, v6 })
+    }
+
+    /// Addresses of one family.
+    pub fn of(&self, family: Family) -> &[IpAddr] {
+        match family {
+            Family::V4 => &self.v4,
+            Family::V6 => &self.v6,
+        }
+    }
+}
+
+fn socket(addr: &SocketAddr, ty: Type, proto: SockProto) -> io::Result<Socket> {
+    let s = Socket::new(
+        Domain::for_address(*addr),
+        ty.nonblocking().cloexec(),
+        Some(proto),
+    )?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_reuse_address(true)?;
+    Ok(s)
+}
+
+/// A TCP socket bound to a nodePort but not listening: it holds the port while the Service
+/// has no endpoint, and the kernel answers SYNs with RST (connection refused), as kube-proxy's
+/// REJECT rule does.
+pub fn tcp_hold(addr: SocketAddr) -> io::Result<Socket> {
+    let s = socket(&addr, Type::STREAM, SockProto::TCP)?;
+    s.bind(&SockAddr::from(addr))?;
+    Ok(s)
+}
+
+/// Turns a held (or fresh) TCP socket into a listener.
+pub fn tcp_listen(s: Socket) -> io::Result<std::net::TcpListener> {
+    s.listen(BACKLOG)?;
+    Ok(s.into())
+}
+
+/// A UDP nodePort socket that reports destination addresses (replies leave from them).
+pub fn udp_bind(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let s = socket(&addr, Type::DGRAM, SockProto::UDP)?;
+    // Bursts from many clients queue here instead of being dropped.
+    let _ = s.set_recv_buffer_size(4 << 20);
+    let _ = s.set_send_buffer_size(4 << 20);
+    s.bind(&SockAddr::from(addr))?;
+    super::pktinfo::enable(s.as_raw_fd(), addr.is_ipv6())?;
+    Ok(s.into())
+}
+
+/// A connected, non-blocking UDP socket towards an endpoint: one per UDP flow, so replies
+/// find their flow by socket and the endpoint sees one stable source port per client.
+pub fn udp_upstream(endpoint: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let s = Socket::new(
+        Domain::for_address(endpoint),
+        Type::DGRAM.nonblocking().cloexec(),
+        Some(SockProto::UDP),
+    )?;
+    let _ = s.set_recv_buffer_size(1 << 20);
+    s.connect(&SockAddr::from(endpoint))?;
+    Ok(s.into())
+}
+
+/// Starts a non-blocking TCP connect towards an endpoint.
+pub fn tcp_connect(endpoint: SocketAddr) -> io::Result<std::net::TcpStream> {
+    let s = Socket::new(
+        Domain::for_address(endpoint),
+        Type::STREAM.nonblocking().cloexec(),
+        Some(SockProto::TCP),
+    )?;
+    s.set_tcp_nodelay(true)?;
+    match s.connect(&SockAddr::from(endpoint)) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(s.into())
+}

@@ -1,0 +1,326 @@
+//! The dataplane: worker threads that carry flows, and the control-side handle that programs
+//! them. The control side owns socket lifecycle (bind errors surface here, naming the Service);
+//! workers own flows. Routes reach workers as immutable `Arc<Route>` swaps, per frontend.
+
+pub mod conntrack;
+pub mod listener;
+pub mod pktinfo;
+pub mod relay;
+mod tcp;
+mod udp;
+pub mod worker;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::admin::metrics::{FrontendMetrics, Metrics};
+use crate::model::{Frontend, FrontendKey, Protocol};
+use conntrack::Row;
+use listener::BindAddresses;
+use worker::{Control, ListenerSocket, Peer, Worker};
+
+/// What workers consult for a frontend: the frontend and its metric handles.
+#[derive(Debug)]
+pub struct Route {
+    /// The frontend as built from the model.
+    pub frontend: Frontend,
+    /// Its counters.
+    pub metrics: FrontendMetrics,
+}
+
+/// Dataplane settings (from the CLI).
+#[derive(Clone, Debug)]
+pub struct DataplaneConfig {
+    /// Worker threads.
+    pub workers: usize,
+    /// Time allowed for one connect to an endpoint.
+    pub connect_timeout: Duration,
+    /// Endpoints tried per TCP flow before the client is reset.
+    pub connect_attempts: usize,
+    /// UDP idle timeout before the endpoint has answered.
+    pub udp_timeout: Duration,
+    /// UDP idle timeout once the endpoint has answered.
+    pub udp_stream_timeout: Duration,
+    /// TCP idle timeout (zero: none).
+    pub tcp_idle_timeout: Duration,
+    /// Conntrack shard size per worker.
+    pub max_flows_per_worker: usize,
+    /// Relay with splice(2) (else copy through userspace).
+    pub splice: bool,
+    /// Node addresses to bind.
+    pub bind: BindAddresses,
+}
+
+enum SocketState {
+    /// Handed to worker `owner` under control id `id`.
+    Serving { id: u64, owner: usize },
+    /// TCP, no endpoint: bound, not listening (SYN gets RST).
+    Held(socket2::Socket),
+    /// UDP, no endpoint: closed, so the kernel answers ICMP port unreachable.
+    Closed,
+}
+
+struct NodePortSocket {
+    addr: SocketAddr,
+    state: SocketState,
+}
+
+struct Programmed {
+    route: Arc<Route>,
+    sockets: Vec<NodePortSocket>,
+}
+
+/// The control-side handle of the dataplane.
+pub struct Dataplane {
+    cfg: Arc<DataplaneConfig>,
+    peers: Arc<[Peer]>,
+    threads: Vec<JoinHandle<()>>,
+    programmed: HashMap<FrontendKey, Programmed>,
+    next_id: u64,
+    metrics: Arc<Metrics>,
+    open_sockets: i64,
+}
+
+/// A cheap handle for reading the conntrack table from another thread (the admin server).
+#[derive(Clone)]
+pub struct ConntrackReader {
+    peers: Arc<[Peer]>,
+}
+
+impl ConntrackReader {
+    /// Every worker's flows. Blocks for at most a second per worker.
+    pub fn dump(&self) -> Vec<Row> {
+        let mut rows = Vec::new();
+        let replies: Vec<_> = self
+            .peers
+            .iter()
+            .filter_map(|p| {
+                let (tx, rx) = crossbeam_channel::bounded(1);
+                p.send(Control::Dump(tx)).then_some(rx)
+            })
+            .collect();
+        for rx in replies {
+            if let Ok(part) = rx.recv_timeout(Duration::from_secs(1)) {
+                rows.extend(part);
+            }
+        }
+        rows
+    }
+}
+
+impl Dataplane {
+    /// Starts the workers.
+    pub fn start(cfg: DataplaneConfig, metrics: Arc<Metrics>) -> std::io::Result<Self> {
+        let cfg = Arc::new(cfg);
+        let mut parts = Vec::new();
+        let mut peers = Vec::new();
+        for _ in 0..cfg.workers.max(1) {
+            let (p, peer) = worker::parts()?;
+            parts.push(p);
+            peers.push(peer);
+        }
+        let peers: Arc<[Peer]> = peers.into();
+        let mut threads = Vec::new();
+        for (i, p) in parts.into_iter().enumerate() {
+            let w = Worker::new(i, cfg.clone(), p, peers.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("nodeportd-worker-{i}"))
+                    .spawn(move || w.run())?,
+            );
+        }
+        Ok(Self {
+            cfg,
+            peers,
+            threads,
+            programmed: HashMap::new(),
+            next_id: 1,
+            metrics,
+            open_sockets: 0,
+        })
+    }
+
+    /// A reader for the conntrack dump.
+    pub fn conntrack(&self) -> ConntrackReader {
+        ConntrackReader {
+            peers: self.peers.clone(),
+        }
+    }
+
+    /// The frontend currently programmed for `key`.
+    pub fn programmed(&self, key: &FrontendKey) -> Option<&Frontend> {
+        self.programmed.get(key).map(|p| &p.route.frontend)
+    }
+
+    fn owner(&self, key: &FrontendKey, addr: &SocketAddr) -> usize {
+        let spread = key.node_port as usize
+            + (key.protocol == Protocol::Udp) as usize
+            + addr.is_ipv6() as usize;
+        spread % self.peers.len()
+    }
+
+    fn broadcast(&self, key: FrontendKey, route: Option<Arc<Route>>) {
+        for p in self.peers.iter() {
+            p.send(Control::Route(key, route.clone()));
+        }
+    }
+
+    /// Programs a frontend (new or changed). Its sockets are bound, held or closed to match
+    /// its endpoints. Err names what could not be bound; a new frontend is then not
+    /// programmed at all, an existing one keeps what it had.
+    pub fn upsert(&mut self, frontend: Frontend) -> Result<(), String> {
+        let key = frontend.key;
+        let metrics = self.metrics.frontend(&frontend);
+        let route = Arc::new(Route { frontend, metrics });
+        let wanted: Vec<(SocketAddr, bool)> = route
+            .frontend
+            .families
+            .iter()
+            .flat_map(|fam| {
+                let serve = !route.frontend.backends(*fam).is_empty();
+                self.cfg
+                    .bind
+                    .of(*fam)
+                    .iter()
+                    .map(move |ip| (SocketAddr::new(*ip, key.node_port), serve))
+            })
+            .collect();
+        let existing = self.programmed.remove(&key);
+        let is_new = existing.is_none();
+        let mut old: Vec<NodePortSocket> = existing.map(|p| p.sockets).unwrap_or_default();
+        // Workers learn the route before any socket that needs it.
+        self.broadcast(key, Some(route.clone()));
+        let mut sockets = Vec::new();
+        let mut errors = Vec::new();
+        for (addr, serve) in wanted {
+            let prev = old
+                .iter()
+                .position(|s| s.addr == addr)
+                .map(|i| old.swap_remove(i));
+            match self.converge(key, addr, serve, prev) {
+                Ok(s) => sockets.push(s),
+                Err(e) => errors.push(format!("{addr} ({}): {e}", key.protocol)),
+            }
+        }
+        for s in old {
+            self.close_socket(s);
+        }
+        if !errors.is_empty() && is_new {
+            for s in sockets {
+                self.close_socket(s);
+            }
+            self.broadcast(key, None);
+            return Err(format!("cannot bind nodePort: {}", errors.join("; ")));
+        }
+        self.programmed.insert(key, Programmed { route, sockets });
+        self.metrics.listeners.set(self.open_sockets);
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("cannot bind nodePort: {}", errors.join("; ")))
+        }
+    }
+
+    /// Removes a frontend: its sockets close (the port is released), its UDP flows are
+    /// cleared, its TCP flows finish.
+    pub fn remove(&mut self, key: &FrontendKey) {
+        if let Some(p) = self.programmed.remove(key) {
+            for s in p.sockets {
+                self.close_socket(s);
+            }
+            self.broadcast(*key, None);
+            self.metrics.forget(&p.route.frontend);
+            self.metrics.listeners.set(self.open_sockets);
+        }
+    }
+
+    /// Brings one socket to the wanted state from `prev`.
+    fn converge(
+        &mut self,
+        key: FrontendKey,
+        addr: SocketAddr,
+        serve: bool,
+        prev: Option<NodePortSocket>,
+    ) -> std::io::Result<NodePortSocket> {
+        let state = prev.map(|p| p.state).unwrap_or(SocketState::Closed);
+        let state = match (state, serve, key.protocol) {
+            (s @ SocketState::Serving { .. }, true, _) => s,
+            (SocketState::Serving { id, owner }, false, proto) => {
+                self.unserve(id, owner);
+                match proto {
+                    Protocol::Tcp => self.hold(addr)?,
+                    Protocol::Udp => SocketState::Closed,
+                }
+            }
+            (SocketState::Held(s), true, _) => {
+                self.serve(key, addr, ListenerSocket::Tcp(listener::tcp_listen(s)?))
+            }
+            (SocketState::Held(s), false, _) => SocketState::Held(s),
+            (SocketState::Closed, true, Protocol::Tcp) => {
+                let s = listener::tcp_hold(addr)?;
+                self.open_sockets += 1;
+                match listener::tcp_listen(s) {
+                    Ok(l) => self.serve(key, addr, ListenerSocket::Tcp(l)),
+                    Err(e) => {
+                        self.open_sockets -= 1;
+                        return Err(e);
+                    }
+                }
+            }
+            (SocketState::Closed, true, Protocol::Udp) => {
+                let s = listener::udp_bind(addr)?;
+                self.open_sockets += 1;
+                self.serve(key, addr, ListenerSocket::Udp(s))
+            }
+            (SocketState::Closed, false, Protocol::Tcp) => self.hold(addr)?,
+            (SocketState::Closed, false, Protocol::Udp) => SocketState::Closed,
+        };
+        Ok(NodePortSocket { addr, state })
+    }
+
+    fn hold(&mut self, addr: SocketAddr) -> std::io::Result<SocketState> {
+        let s = listener::tcp_hold(addr)?;
+        self.open_sockets += 1;
+        Ok(SocketState::Held(s))
+    }
+
+    fn serve(&mut self, key: FrontendKey, addr: SocketAddr, socket: ListenerSocket) -> SocketState {
+        let id = self.next_id;
+        self.next_id += 1;
+        let owner = self.owner(&key, &addr);
+        self.peers[owner].send(Control::AddListener { id, key, socket });
+        SocketState::Serving { id, owner }
+    }
+
+    /// Asks the owning worker to close a socket and waits until it has, so the port can be
+    /// bound again at once.
+    fn unserve(&mut self, id: u64, owner: usize) {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        if self.peers[owner].send(Control::RemoveListener { id, done: tx }) {
+            let _ = rx.recv_timeout(Duration::from_secs(2));
+        }
+        self.open_sockets -= 1;
+    }
+
+    fn close_socket(&mut self, s: NodePortSocket) {
+        match s.state {
+            SocketState::Serving { id, owner } => self.unserve(id, owner),
+            SocketState::Held(_) => self.open_sockets -= 1,
+            SocketState::Closed => {}
+        }
+    }
+
+    /// Stops accepting, lets flows finish for `grace`, then returns once workers exit.
+    pub fn shutdown(self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        for p in self.peers.iter() {
+            p.send(Control::Shutdown(deadline));
+        }
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! UDP on wildcard or multi-address sockets: learn which node address a datagram was sent to
+//! (IP_PKTINFO / IPV6_PKTINFO) and send the reply from that same address, so the client sees
+//! the answer come from where it sent. Written on libc with stack buffers: nothing is
+//! allocated per datagram.
+
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::RawFd;
+
+/// Space for one pktinfo control message of either family.
+const CMSG_BYTES: usize = 64;
+
+#[repr(C, align(8))]
+struct CmsgBuf([u8; CMSG_BYTES]);
+
+/// Asks the kernel to report destination addresses on this socket.
+pub fn enable(fd: RawFd, v6: bool) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    let (level, opt) = if v6 {
+        (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_PKTINFO)
+    };
+    // SAFETY: setsockopt with a valid c_int option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            (&one as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Converts a kernel socket address.
+pub fn from_storage(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match ss.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: the family says this storage holds a sockaddr_in.
+            let sin: &libc::sockaddr_in = unsafe { &*(ss as *const _ as *const libc::sockaddr_in) };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
+                u16::from_be(sin.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says this storage holds a sockaddr_in6.
+            let sin6: &libc::sockaddr_in6 =
+                unsafe { &*(ss as *const _ as *const libc::sockaddr_in6) };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(sin6.sin6_addr.s6_addr),
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// Converts to a kernel socket address and its length.
+pub fn to_storage(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut ss: libc::sockaddr_storage = unsafe { zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            // SAFETY: sockaddr_storage is large and aligned enough for sockaddr_in.
+            let sin: &mut libc::sockaddr_in =
+                unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in) };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = a.port().to_be();
+            sin.sin_addr.s_addr = u32::from(*a.ip()).to_be();
+            size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            // SAFETY: sockaddr_storage is large and aligned enough for sockaddr_in6.
+            let sin6: &mut libc::sockaddr_in6 =
+                unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in6) };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = a.port().to_be();
+            sin6.sin6_addr.s6_addr = a.ip().octets();
+            sin6.sin6_flowinfo = a.flowinfo();
+            sin6.sin6_scope_id = a.scope_id();
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (ss, len as libc::socklen_t)
+}
+
+/// One received datagram: its length, sender, and the local address it was sent to.
+pub struct Received {
+    /// Payload length.
+    pub len: usize,
+    /// Client address.
+    pub from: SocketAddr,
+    /// Node address the client sent to (None if the kernel did not say).
+    pub to: Option<IpAddr>,
+}
+
+/// recvmsg with the destination address.
+pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<Received> {
+    // SAFETY: zeroed storage and msghdr are valid initial values; all pointers below point
+    // into locals that outlive the syscall.
+    unsafe {
+        let mut ss: libc::sockaddr_storage = zeroed();
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        let mut cmsg = CmsgBuf([0; CMSG_BYTES]);
+        let mut msg: libc::msghdr = zeroed();
+        msg.msg_name = (&mut ss as *mut libc::sockaddr_storage).cast();
+        msg.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cmsg.0.as_mut_ptr().cast();
+        msg.msg_controllen = CMSG_BYTES as _;
+        let n = libc::recvmsg(fd, &mut msg, 0);
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let from = from_storage(&ss)
+            .ok_or_else(|| io::Error::other("datagram from an unknown address family"))?;
+        let mut to = None;
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            let h = &*c;
+            if h.cmsg_level == libc::IPPROTO_IP && h.cmsg_type == libc::IP_PKTINFO {
+                let info: libc::in_pktinfo = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                to = Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                    info.ipi_addr.s_addr,
+                ))));
+            } else if h.cmsg_level == libc::IPPROTO_IPV6 && h.cmsg_type == libc::IPV6_PKTINFO {
+                let info: libc::in6_pktinfo = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                to = Some(IpAddr::V6(Ipv6Addr::from(info.ipi6_addr.s6_addr)));
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+        Ok(Received {
+            len: n as usize,
+            from,
+            to,
+        })
+    }
+}
+
+/// sendmsg to `to`, from the local address `from` when given.
+pub fn send(fd: RawFd, buf: &[u8], from: Option<IpAddr>, to: &SocketAddr) -> io::Result<usize> {
+    // SAFETY: as in recv: every pointer refers to a local that outlives the syscall, and the
+    // control buffer is large and aligned enough for one pktinfo message.
+    unsafe {
+        let (mut ss, sslen) = to_storage(to);
+        let mut iov = libc::iovec {
+            iov_base: buf.as_ptr() as *mut _,
+            iov_len: buf.len(),
+        };
+        let mut cmsg = CmsgBuf([0; CMSG_BYTES]);
+        let mut msg: libc::msghdr = zeroed();
+        msg.msg_name = (&mut ss as *mut libc::sockaddr_storage).cast();
+        msg.msg_namelen = sslen;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        match from {
+            Some(IpAddr::V4(src)) => {
+                let space = libc::CMSG_SPACE(size_of::<libc::in_pktinfo>() as u32) as usize;
+                msg.msg_control = cmsg.0.as_mut_ptr().cast();
+                msg.msg_controllen = space as _;
+                let c = libc::CMSG_FIRSTHDR(&msg);
+                (*c).cmsg_level = libc::IPPROTO_IP;
+                (*c).cmsg_type = libc::IP_PKTINFO;
+                (*c).cmsg_len = libc::CMSG_LEN(size_of::<libc::in_pktinfo>() as u32) as _;
+                let mut info: libc::in_pktinfo = zeroed();
+                info.ipi_spec_dst.s_addr = u32::from(src).to_be();
+                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast(), info);
+            }
+            Some(IpAddr::V6(src)) => {
+                let space = libc::CMSG_SPACE(size_of::<libc::in6_pktinfo>() as u32) as usize;
+                msg.msg_control = cmsg.0.as_mut_ptr().cast();
+                msg.msg_controllen = space as _;
+                let c = libc::CMSG_FIRSTHDR(&msg);
+                (*c).cmsg_level = libc::IPPROTO_IPV6;
+                (*c).cmsg_type = libc::IPV6_PKTINFO;
+                (*c).cmsg_len = libc::CMSG_LEN(size_of::<libc::in6_pktinfo>() as u32) as _;
+                let mut info: libc::in6_pktinfo = zeroed();
+                info.ipi6_addr.s6_addr = src.octets();
+                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast(), info);
+            }
+            None => {}
+        }
+        let n = libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL);
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn wildcard_socket_learns_and_answers_from_destination() {
+        let server = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        enable(server.as_raw_fd(), false).unwrap();
+        let port = server.local_addr().unwrap().port();
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        client.connect(("127.0.0.3", port)).unwrap();
+        client.send(b"ping").unwrap();
+        let mut buf = [0u8; 64];
+        let r = recv(server.as_raw_fd(), &mut buf).unwrap();
+        assert_eq!(&buf[..r.len], b"ping");
+        assert_eq!(r.to, Some("127.0.0.3".parse().unwrap()));
+        send(server.as_raw_fd(), b"pong", r.to, &r.from).unwrap();
+        // The client is connected to 127.0.0.3: it only accepts the reply if it came from there.
+        client
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let n = client.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"pong");
+    }
+}

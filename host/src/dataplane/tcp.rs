@@ -1,0 +1,474 @@
+//! TCP flows: accept on a nodePort, connect to an endpoint (bounded time, retry on another
+//! endpoint), then relay both directions with splice, honouring half-close. A reset on either
+//! side resets the other.
+
+use std::cmp::Reverse;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use mio::Interest;
+
+use super::conntrack::{Counters, Entry, FlowId, State, Tuple};
+use super::listener::tcp_connect;
+use super::relay::{splice_unsupported, Conduit, Pipe};
+use super::worker::{flow_token, FlowIo, Handoff, Sock, Worker};
+use super::Route;
+use crate::admin::metrics::Refusal;
+use crate::balance::FlowInfo;
+use crate::model::{Family, Protocol};
+
+/// One direction of a relay.
+struct Half {
+    conduit: Option<Conduit>,
+    eof: bool,
+    shut: bool,
+}
+
+impl Half {
+    fn new() -> Self {
+        Self {
+            conduit: None,
+            eof: false,
+            shut: false,
+        }
+    }
+}
+
+enum Phase {
+    /// Waiting for the endpoint to accept; `tried` holds endpoints that failed.
+    Connecting { tried: Vec<SocketAddr> },
+    /// Bytes flow both ways.
+    Relaying,
+}
+
+/// A TCP flow's sockets and relay state.
+pub struct TcpFlow {
+    client: mio::net::TcpStream,
+    upstream: mio::net::TcpStream,
+    phase: Phase,
+    up: Half,
+    down: Half,
+    family: Family,
+    /// The route the flow started on: its metrics, and endpoints for retries.
+    pub(super) route: Arc<Route>,
+}
+
+impl TcpFlow {
+    /// The pipes, for the worker's pool.
+    pub(super) fn into_pipes(self) -> impl Iterator<Item = Pipe> {
+        [self.up.conduit, self.down.conduit]
+            .into_iter()
+            .flatten()
+            .filter_map(Conduit::into_pipe)
+    }
+
+    /// Segments received from the client and from the endpoint, from TCP_INFO.
+    pub(super) fn segments(&self) -> Option<(u64, u64)> {
+        Some((segs_in(&self.client)?, segs_in(&self.upstream)?))
+    }
+}
+
+fn segs_in(s: &impl AsRawFd) -> Option<u64> {
+    // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes into it.
+    unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        );
+        (rc == 0).then_some(info.tcpi_segs_in as u64)
+    }
+}
+
+/// Closes a client with RST: what a refused connection looks like once accepted.
+fn reset(stream: &mio::net::TcpStream) {
+    let _ = socket2::SockRef::from(stream).set_linger(Some(std::time::Duration::ZERO));
+}
+
+impl Worker {
+    /// Accepts every pending connection of a TCP listener and routes each to its carrier.
+    pub(super) fn accept(&mut self, idx: usize) {
+        loop {
+            let Some(l) = self.listeners.get(idx) else {
+                return;
+            };
+            let Sock::Tcp(sock) = &l.sock else { return };
+            let (key, family) = (l.key, l.family);
+            let (stream, client) = match sock.accept() {
+                Ok(pair) => pair,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
+                Err(e) => {
+                    tracing::warn!(worker = self.index, frontend = %key, error = %e, "accept failed");
+                    return;
+                }
+            };
+            let node = stream.local_addr().unwrap_or(l.local);
+            let Some(route) = self.routes.get(&key).cloned() else {
+                reset(&stream);
+                continue;
+            };
+            if route.frontend.backends(family).is_empty() {
+                route.metrics.refuse(Refusal::NoEndpoint);
+                reset(&stream);
+                continue;
+            }
+            let h = Handoff {
+                stream,
+                client,
+                node,
+                key,
+                family,
+            };
+            let target = self.carrier(&route, &client);
+            if target == self.index {
+                self.start_tcp(h);
+                continue;
+            }
+            let peer = &self.peers[target];
+            match peer.handoff.try_send(h) {
+                Ok(()) => {
+                    let _ = peer.waker.wake();
+                }
+                // That worker is backed up: carry the flow here rather than drop it.
+                Err(e) => self.start_tcp(e.into_inner()),
+            }
+        }
+    }
+
+    /// Starts a flow for an accepted connection: pick, connect, track.
+    pub(super) fn start_tcp(&mut self, h: Handoff) {
+        let Some(route) = self.routes.get(&h.key).cloned() else {
+            reset(&h.stream);
+            return;
+        };
+        let flow = FlowInfo {
+            frontend: h.key,
+            client: h.client,
+            node: h.node,
+        };
+        let mut tried = Vec::new();
+        let (endpoint, upstream) = loop {
+            let Some(addr) = self.pick(&route, h.family, &flow, &tried) else {
+                let why = if tried.is_empty() {
+                    Refusal::NoEndpoint
+                } else {
+                    Refusal::ConnectFailed
+                };
+                route.metrics.refuse(why);
+                reset(&h.stream);
+                return;
+            };
+            match tcp_connect(addr) {
+                Ok(s) => break (addr, mio::net::TcpStream::from_std(s)),
+                Err(e) => {
+                    tracing::debug!(endpoint = %addr, error = %e, "connect failed at once");
+                    tried.push(addr);
+                    if tried.len() >= self.cfg.connect_attempts {
+                        route.metrics.refuse(Refusal::ConnectFailed);
+                        reset(&h.stream);
+                        return;
+                    }
+                }
+            }
+        };
+        let _ = h.stream.set_nodelay(true);
+        let entry = Entry {
+            tuple: Tuple {
+                protocol: Protocol::Tcp,
+                client: h.client,
+                node: h.node,
+            },
+            frontend: h.key,
+            endpoint,
+            state: State::SynSent,
+            started: self.now,
+            last_seen: self.now,
+            timeout: self.cfg.tcp_idle_timeout,
+            orig: Counters::default(),
+            reply: Counters::default(),
+        };
+        let metrics = route.metrics.clone();
+        let io = FlowIo::Tcp(TcpFlow {
+            client: h.stream,
+            upstream,
+            phase: Phase::Connecting { tried },
+            up: Half::new(),
+            down: Half::new(),
+            family: h.family,
+            route,
+        });
+        let Some((id, generation)) = self.table.insert(entry, io, false) else {
+            metrics.refuse(Refusal::TableFull);
+            return; // dropping the io closes both sockets
+        };
+        metrics.flows.inc();
+        metrics.active.inc();
+        if self.register_tcp(id, generation).is_err() {
+            self.abort(id);
+            return;
+        }
+        self.connect_timers.push(Reverse((
+            self.now + self.cfg.connect_timeout,
+            id,
+            generation,
+        )));
+    }
+
+    fn register_tcp(&mut self, id: FlowId, generation: u32) -> io::Result<()> {
+        let registry = self.poll.registry().try_clone()?;
+        let Some((_, FlowIo::Tcp(t))) = self.table.get_mut(id, generation) else {
+            return Ok(());
+        };
+        let both = Interest::READABLE | Interest::WRITABLE;
+        registry.register(&mut t.client, flow_token(id, generation, false), both)?;
+        registry.register(&mut t.upstream, flow_token(id, generation, true), both)
+    }
+
+    /// Readiness on one of a flow's sockets.
+    pub(super) fn tcp_ready(
+        &mut self,
+        id: FlowId,
+        generation: u32,
+        upstream: bool,
+        ev: &mio::event::Event,
+    ) {
+        let connecting = matches!(
+            self.table.get_mut(id, generation),
+            Some((
+                _,
+                FlowIo::Tcp(TcpFlow {
+                    phase: Phase::Connecting { .. },
+                    ..
+                })
+            ))
+        );
+        if connecting {
+            if upstream {
+                self.connect_progress(id, generation);
+            }
+            return;
+        }
+        // Which directions can move: reading a side feeds the other, writing drains into it.
+        let (up, down) = if upstream {
+            (
+                ev.is_writable() || ev.is_error(),
+                ev.is_readable() || ev.is_read_closed() || ev.is_error(),
+            )
+        } else {
+            (
+                ev.is_readable() || ev.is_read_closed() || ev.is_error(),
+                ev.is_writable() || ev.is_error(),
+            )
+        };
+        self.relay(id, generation, up, down);
+    }
+
+    /// The upstream socket became writable (or failed) while connecting.
+    fn connect_progress(&mut self, id: FlowId, generation: u32) {
+        let Some((_, FlowIo::Tcp(t))) = self.table.get_mut(id, generation) else {
+            return;
+        };
+        let outcome = match t.upstream.take_error() {
+            Ok(Some(e)) | Err(e) => Err(e),
+            Ok(None) => match t.upstream.peer_addr() {
+                Ok(_) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return, // not yet
+                Err(e) => Err(e),
+            },
+        };
+        match outcome {
+            Ok(()) => self.established(id, generation),
+            Err(e) => self.retry(id, generation, e),
+        }
+    }
+
+    pub(super) fn connect_timed_out(&mut self, id: FlowId, generation: u32) {
+        if matches!(
+            self.table.get_mut(id, generation),
+            Some((
+                _,
+                FlowIo::Tcp(TcpFlow {
+                    phase: Phase::Connecting { .. },
+                    ..
+                })
+            ))
+        ) {
+            self.retry(id, generation, io::Error::from(io::ErrorKind::TimedOut));
+        }
+    }
+
+    /// A connect failed: try another endpoint, or reset the client when none is left.
+    fn retry(&mut self, id: FlowId, generation: u32, error: io::Error) {
+        let Some((entry, FlowIo::Tcp(t))) = self.table.get_mut(id, generation) else {
+            return;
+        };
+        let failed = entry.endpoint;
+        let Phase::Connecting { tried } = &mut t.phase else {
+            return;
+        };
+        tried.push(failed);
+        tracing::debug!(endpoint = %failed, service = %t.route.frontend.service, %error, "connect to endpoint failed");
+        let tried = tried.clone();
+        let route = t.route.clone();
+        let family = t.family;
+        let flow = FlowInfo {
+            frontend: entry.frontend,
+            client: entry.tuple.client,
+            node: entry.tuple.node,
+        };
+        let mut next = None;
+        let mut tried_now = tried;
+        while tried_now.len() < self.cfg.connect_attempts {
+            let Some(addr) = self.pick(&route, family, &flow, &tried_now) else {
+                break;
+            };
+            match tcp_connect(addr) {
+                Ok(s) => {
+                    next = Some((addr, mio::net::TcpStream::from_std(s)));
+                    break;
+                }
+                Err(_) => tried_now.push(addr),
+            }
+        }
+        let Some((addr, mut stream)) = next else {
+            route.metrics.refuse(Refusal::ConnectFailed);
+            tracing::info!(service = %route.frontend.service, client = %flow.client, "no endpoint accepted the connection; resetting client");
+            self.abort(id);
+            return;
+        };
+        let registry = self.registry().try_clone();
+        let Some((entry, FlowIo::Tcp(t))) = self.table.get_mut(id, generation) else {
+            return;
+        };
+        entry.endpoint = addr;
+        let ok = registry.and_then(|r| {
+            r.register(
+                &mut stream,
+                flow_token(id, generation, true),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+        });
+        t.upstream = stream; // the failed socket closes here
+        t.phase = Phase::Connecting { tried: tried_now };
+        if ok.is_err() {
+            self.abort(id);
+            return;
+        }
+        self.connect_timers.push(Reverse((
+            self.now + self.cfg.connect_timeout,
+            id,
+            generation,
+        )));
+    }
+
+    fn established(&mut self, id: FlowId, generation: u32) {
+        let conduits = if self.splice {
+            match (self.take_pipe(), self.take_pipe()) {
+                (Ok(a), Ok(b)) => (Conduit::splice(a), Conduit::splice(b)),
+                _ => (Conduit::copy(), Conduit::copy()),
+            }
+        } else {
+            (Conduit::copy(), Conduit::copy())
+        };
+        let Some((entry, FlowIo::Tcp(t))) = self.table.get_mut(id, generation) else {
+            return;
+        };
+        entry.state = State::Established;
+        t.phase = Phase::Relaying;
+        t.up.conduit = Some(conduits.0);
+        t.down.conduit = Some(conduits.1);
+        // Edges that arrived while connecting were not acted on: move what is there now.
+        self.relay(id, generation, true, true);
+    }
+
+    /// Pumps the ready directions, then half-closes, finishes or aborts the flow.
+    fn relay(&mut self, id: FlowId, generation: u32, up: bool, down: bool) {
+        let now = self.now;
+        let Some((entry, FlowIo::Tcp(t))) = self.table.get_mut(id, generation) else {
+            return;
+        };
+        let client = t.client.as_raw_fd();
+        let upstream = t.upstream.as_raw_fd();
+        let mut result = Ok(());
+        if up {
+            result = pump(
+                &mut t.up,
+                client,
+                upstream,
+                &mut entry.orig,
+                &t.route.metrics.bytes_in,
+            );
+        }
+        if down && result.is_ok() {
+            result = pump(
+                &mut t.down,
+                upstream,
+                client,
+                &mut entry.reply,
+                &t.route.metrics.bytes_out,
+            );
+        }
+        entry.last_seen = now;
+        if let Err(e) = result {
+            if splice_unsupported(&e) && self.splice {
+                tracing::warn!(error = %e, "splice unavailable; relaying by copy from now on");
+                self.splice = false;
+            }
+            self.abort(id);
+            return;
+        }
+        if t.up.eof && !t.up.shut && t.up.conduit.as_ref().is_some_and(|c| c.pending() == 0) {
+            let _ = t.upstream.shutdown(std::net::Shutdown::Write);
+            t.up.shut = true;
+        }
+        if t.down.eof && !t.down.shut && t.down.conduit.as_ref().is_some_and(|c| c.pending() == 0) {
+            let _ = t.client.shutdown(std::net::Shutdown::Write);
+            t.down.shut = true;
+        }
+        if t.up.shut && t.down.shut {
+            self.close_flow(id);
+        } else if t.up.shut || t.down.shut {
+            entry.state = State::FinWait;
+        }
+    }
+
+    /// Ends a flow with RST on both sides.
+    pub(super) fn abort(&mut self, id: FlowId) {
+        if let Some((_, FlowIo::Tcp(t), _)) = self.table.get_by_id(id) {
+            reset(&t.client);
+            reset(&t.upstream);
+        }
+        self.close_flow(id);
+    }
+}
+
+fn pump(
+    half: &mut Half,
+    src: std::os::fd::RawFd,
+    dst: std::os::fd::RawFd,
+    counters: &mut Counters,
+    metric: &prometheus_client::metrics::counter::Counter,
+) -> io::Result<()> {
+    let Some(conduit) = half.conduit.as_mut() else {
+        return Ok(());
+    };
+    if half.shut {
+        return Ok(());
+    }
+    let p = conduit.pump(src, dst, half.eof)?;
+    half.eof = p.eof;
+    if p.bytes > 0 {
+        counters.bytes += p.bytes;
+        counters.packets += 1;
+        metric.inc_by(p.bytes);
+    }
+    Ok(())
+}

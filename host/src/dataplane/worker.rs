@@ -1,0 +1,556 @@
+//! A dataplane worker: one thread, one mio event loop, its own flows and conntrack shard.
+//! Nothing here is shared with other workers except the hand-off queues (accepted TCP
+//! connections) and the control queue (route swaps, listeners, dumps, shutdown).
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use rustc_hash::FxHashMap;
+use slab::Slab;
+
+use super::conntrack::{FlowId, Row, Table};
+use super::relay::Pipe;
+use super::tcp::TcpFlow;
+use super::udp::UdpFlow;
+use super::{DataplaneConfig, Route};
+use crate::balance::affinity::AffinityTable;
+use crate::balance::random::Random;
+use crate::balance::{FlowInfo, Selector};
+use crate::model::{Family, FrontendKey};
+
+/// Token of the waker that control and hand-off messages ring.
+pub(super) const WAKER: Token = Token(1 << 62);
+const LISTENER_BIT: usize = 1 << 61;
+/// How often idle affinity entries are swept.
+const AFFINITY_SWEEP: Duration = Duration::from_secs(30);
+/// Most pipes a worker keeps for reuse.
+const PIPE_POOL: usize = 1024;
+
+/// Flow tokens carry the slot, its generation and the side, so an event for a flow that was
+/// closed and replaced within one poll round is recognised as stale.
+pub(super) fn flow_token(id: FlowId, generation: u32, upstream: bool) -> Token {
+    Token(((generation as usize & 0xffff) << 40) | (id << 1) | upstream as usize)
+}
+
+fn split_flow_token(t: Token) -> (FlowId, u16, bool) {
+    (
+        ((t.0 & ((1 << 40) - 1)) >> 1),
+        (t.0 >> 40) as u16,
+        t.0 & 1 == 1,
+    )
+}
+
+/// A nodePort socket handed to a worker.
+pub enum ListenerSocket {
+    /// Accepts connections.
+    Tcp(std::net::TcpListener),
+    /// Receives datagrams.
+    Udp(std::net::UdpSocket),
+}
+
+pub(super) enum Sock {
+    Tcp(mio::net::TcpListener),
+    Udp(mio::net::UdpSocket),
+}
+
+/// A nodePort socket owned by this worker.
+pub(super) struct Listener {
+    pub(super) id: u64,
+    pub(super) key: FrontendKey,
+    pub(super) family: Family,
+    /// Bound to a wildcard address: replies must name their source address.
+    pub(super) wildcard: bool,
+    pub(super) local: SocketAddr,
+    pub(super) sock: Sock,
+}
+
+/// Messages from the control plane.
+pub enum Control {
+    /// Swap in (or remove) the route of a frontend.
+    Route(FrontendKey, Option<Arc<Route>>),
+    /// Start serving a nodePort socket.
+    AddListener {
+        /// Control-plane id of the socket.
+        id: u64,
+        /// Frontend it serves.
+        key: FrontendKey,
+        /// The socket.
+        socket: ListenerSocket,
+    },
+    /// Stop serving a nodePort socket and close it; `done` is told once it is closed.
+    RemoveListener {
+        /// Control-plane id.
+        id: u64,
+        /// Acknowledgement.
+        done: Sender<()>,
+    },
+    /// Send back a copy of this worker's conntrack shard.
+    Dump(Sender<Vec<Row>>),
+    /// Close listeners, let flows finish until the deadline, then exit.
+    Shutdown(Instant),
+}
+
+/// An accepted connection passed to the worker that will carry it.
+pub struct Handoff {
+    pub(super) stream: mio::net::TcpStream,
+    pub(super) client: SocketAddr,
+    pub(super) node: SocketAddr,
+    pub(super) key: FrontendKey,
+    pub(super) family: Family,
+}
+
+/// How other threads reach a worker.
+#[derive(Clone)]
+pub struct Peer {
+    pub(super) control: Sender<Control>,
+    pub(super) handoff: Sender<Handoff>,
+    pub(super) waker: Arc<Waker>,
+}
+
+impl Peer {
+    /// Sends a control message and wakes the worker.
+    pub fn send(&self, msg: Control) -> bool {
+        self.control.send(msg).is_ok() && self.waker.wake().is_ok()
+    }
+}
+
+/// What a worker keeps beside each conntrack entry.
+pub(super) enum FlowIo {
+    Tcp(TcpFlow),
+    Udp(UdpFlow),
+}
+
+/// The worker state; `run` is its thread body.
+pub struct Worker {
+    pub(super) index: usize,
+    pub(super) cfg: Arc<DataplaneConfig>,
+    pub(super) poll: Poll,
+    pub(super) routes: FxHashMap<FrontendKey, Arc<Route>>,
+    pub(super) listeners: Slab<Listener>,
+    pub(super) table: Table<FlowIo>,
+    pub(super) connect_timers: BinaryHeap<Reverse<(Instant, FlowId, u32)>>,
+    pub(super) peers: Arc<[Peer]>,
+    pub(super) next_peer: usize,
+    pub(super) random: Random,
+    pub(super) affinity: AffinityTable,
+    pub(super) pipes: Vec<Pipe>,
+    pub(super) splice: bool,
+    pub(super) buf: Box<[u8]>,
+    pub(super) now: Instant,
+    control: Receiver<Control>,
+    inbox: Receiver<Handoff>,
+    shutdown: Option<Instant>,
+    next_sweep: Instant,
+}
+
+/// Channels and poll of a worker not yet started.
+pub struct Parts {
+    pub(super) poll: Poll,
+    pub(super) control: Receiver<Control>,
+    pub(super) inbox: Receiver<Handoff>,
+}
+
+/// Creates a worker's poll, waker and queues.
+pub fn parts() -> io::Result<(Parts, Peer)> {
+    let poll = Poll::new()?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+    let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();
+    let (ho_tx, ho_rx) = crossbeam_channel::bounded(4096);
+    Ok((
+        Parts {
+            poll,
+            control: ctl_rx,
+            inbox: ho_rx,
+        },
+        Peer {
+            control: ctl_tx,
+            handoff: ho_tx,
+            waker,
+        },
+    ))
+}
+
+impl Worker {
+    /// Builds a worker from its parts; `peers` includes itself at `index`.
+    pub fn new(index: usize, cfg: Arc<DataplaneConfig>, parts: Parts, peers: Arc<[Peer]>) -> Self {
+        let now = Instant::now();
+        Self {
+            index,
+            splice: cfg.splice,
+            table: Table::new(cfg.max_flows_per_worker),
+            cfg,
+            poll: parts.poll,
+            routes: FxHashMap::default(),
+            listeners: Slab::new(),
+            connect_timers: BinaryHeap::new(),
+            peers,
+            next_peer: index,
+            random: Random::new(
+                0x9e37_79b9_7f4a_7c15 ^ (index as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d),
+            ),
+            affinity: AffinityTable::default(),
+            pipes: Vec::new(),
+            buf: vec![0u8; 65536].into_boxed_slice(),
+            now,
+            control: parts.control,
+            inbox: parts.inbox,
+            shutdown: None,
+            next_sweep: now + AFFINITY_SWEEP,
+        }
+    }
+
+    /// The event loop. Returns when shut down and drained (or the grace period ran out).
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    tracing::error!(worker = self.index, error = %e, "poll failed; worker stops");
+                    return;
+                }
+            }
+            self.now = Instant::now();
+            for ev in events.iter() {
+                let t = ev.token();
+                if t == WAKER {
+                    continue;
+                } else if t.0 & LISTENER_BIT != 0 {
+                    self.listener_ready(t.0 & !LISTENER_BIT);
+                } else {
+                    let (id, generation, upstream) = split_flow_token(t);
+                    self.flow_ready(id, generation, upstream, ev);
+                }
+            }
+            self.drain_control();
+            self.drain_inbox();
+            self.run_timers();
+            if let Some(deadline) = self.shutdown {
+                if self.table.is_empty() || self.now >= deadline {
+                    let left = self.table.len();
+                    if left > 0 {
+                        tracing::warn!(
+                            worker = self.index,
+                            flows = left,
+                            "grace period over; closing flows"
+                        );
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn poll_timeout(&self) -> Duration {
+        let mut next = self.now + Duration::from_secs(1);
+        if let Some(Reverse((d, _, _))) = self.connect_timers.peek() {
+            next = next.min(*d);
+        }
+        if let Some(d) = self.table.next_deadline() {
+            next = next.min(d);
+        }
+        if let Some(d) = self.shutdown {
+            next = next.min(d);
+        }
+        next.saturating_duration_since(Instant::now())
+    }
+
+    fn listener_ready(&mut self, idx: usize) {
+        match self
+            .listeners
+            .get(idx)
+            .map(|l| matches!(l.sock, Sock::Tcp(_)))
+        {
+            Some(true) => self.accept(idx),
+            Some(false) => self.udp_receive(idx),
+            None => {}
+        }
+    }
+
+    fn flow_ready(&mut self, id: FlowId, generation: u16, upstream: bool, ev: &mio::event::Event) {
+        let Some((_, io, full_gen)) = self.table.get_by_id(id) else {
+            return;
+        };
+        if full_gen as u16 != generation {
+            return;
+        }
+        match io {
+            FlowIo::Tcp(_) => self.tcp_ready(id, full_gen, upstream, ev),
+            FlowIo::Udp(_) => {
+                if upstream {
+                    self.udp_reply(id, full_gen)
+                }
+            }
+        }
+    }
+
+    fn drain_control(&mut self) {
+        loop {
+            match self.control.try_recv() {
+                Ok(msg) => self.on_control(msg),
+                Err(TryRecvError::Empty) => return,
+                Err(TryRecvError::Disconnected) => {
+                    // The control plane is gone: behave as if told to shut down now.
+                    if self.shutdown.is_none() {
+                        self.on_control(Control::Shutdown(self.now));
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn drain_inbox(&mut self) {
+        while let Ok(h) = self.inbox.try_recv() {
+            self.start_tcp(h);
+        }
+    }
+
+    fn on_control(&mut self, msg: Control) {
+        match msg {
+            Control::Route(key, Some(route)) => {
+                let old = self.routes.insert(key, route.clone());
+                if old.as_ref().is_some_and(|o| o.frontend.affinity.is_some())
+                    && route.frontend.affinity.is_none()
+                {
+                    self.affinity.forget_frontend(key);
+                }
+                self.clear_udp_flows(key, Some(&route));
+            }
+            Control::Route(key, None) => {
+                self.routes.remove(&key);
+                self.affinity.forget_frontend(key);
+                self.clear_udp_flows(key, None);
+            }
+            Control::AddListener { id, key, socket } => self.add_listener(id, key, socket),
+            Control::RemoveListener { id, done } => {
+                let idx = self
+                    .listeners
+                    .iter()
+                    .find(|(_, l)| l.id == id)
+                    .map(|(i, _)| i);
+                if let Some(idx) = idx {
+                    self.close_listener(idx);
+                }
+                let _ = done.send(());
+            }
+            Control::Dump(reply) => {
+                let _ = reply.send(self.dump());
+            }
+            Control::Shutdown(deadline) => {
+                let all: Vec<usize> = self.listeners.iter().map(|(i, _)| i).collect();
+                for idx in all {
+                    self.close_listener(idx);
+                }
+                self.shutdown = Some(deadline);
+            }
+        }
+    }
+
+    fn add_listener(&mut self, id: u64, key: FrontendKey, socket: ListenerSocket) {
+        let entry = self.listeners.vacant_entry();
+        let token = Token(LISTENER_BIT | entry.key());
+        let registry = self.poll.registry();
+        let (sock, local) = match socket {
+            ListenerSocket::Tcp(l) => {
+                let local = l.local_addr();
+                let mut l = mio::net::TcpListener::from_std(l);
+                let r = registry.register(&mut l, token, Interest::READABLE);
+                (r.map(|_| Sock::Tcp(l)), local)
+            }
+            ListenerSocket::Udp(u) => {
+                let local = u.local_addr();
+                let mut u = mio::net::UdpSocket::from_std(u);
+                let r = registry.register(&mut u, token, Interest::READABLE);
+                (r.map(|_| Sock::Udp(u)), local)
+            }
+        };
+        match (sock, local) {
+            (Ok(sock), Ok(local)) => {
+                entry.insert(Listener {
+                    id,
+                    key,
+                    family: Family::of(&local.ip()),
+                    wildcard: local.ip().is_unspecified(),
+                    local,
+                    sock,
+                });
+                // Datagrams or connections may already be queued: serve them now.
+                self.listener_ready(token.0 & !LISTENER_BIT);
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(worker = self.index, frontend = %key, error = %e, "cannot watch nodePort socket");
+            }
+        }
+    }
+
+    fn close_listener(&mut self, idx: usize) {
+        let Some(mut l) = self.listeners.try_remove(idx) else {
+            return;
+        };
+        let _ = match &mut l.sock {
+            Sock::Tcp(s) => self.poll.registry().deregister(s),
+            Sock::Udp(s) => self.poll.registry().deregister(s),
+        };
+        if matches!(l.sock, Sock::Udp(_)) {
+            // UDP flows answer through this socket: without it they are dead.
+            let doomed: Vec<FlowId> = self
+                .table
+                .iter()
+                .filter(|(_, _, io)| matches!(io, FlowIo::Udp(u) if u.listener == idx))
+                .map(|(id, _, _)| id)
+                .collect();
+            for id in doomed {
+                self.close_flow(id);
+            }
+        }
+    }
+
+    /// Removes UDP flows of `key` whose endpoint no longer serves (all of them when the
+    /// frontend is gone), as kube-proxy clears stale UDP conntrack entries. TCP flows finish.
+    fn clear_udp_flows(&mut self, key: FrontendKey, route: Option<&Route>) {
+        let doomed: Vec<FlowId> = self
+            .table
+            .iter()
+            .filter(|(_, e, io)| {
+                matches!(io, FlowIo::Udp(_))
+                    && e.frontend == key
+                    && !route.is_some_and(|r| r.frontend.is_serving(&e.endpoint))
+            })
+            .map(|(id, _, _)| id)
+            .collect();
+        for id in doomed {
+            self.close_flow(id);
+        }
+    }
+
+    fn run_timers(&mut self) {
+        while let Some(Reverse((deadline, id, generation))) = self.connect_timers.peek().copied() {
+            if deadline > self.now {
+                break;
+            }
+            self.connect_timers.pop();
+            self.connect_timed_out(id, generation);
+        }
+        while let Some(id) = self.table.pop_expired(self.now) {
+            self.close_flow(id);
+        }
+        if self.now >= self.next_sweep {
+            self.next_sweep = self.now + AFFINITY_SWEEP;
+            let longest = self
+                .routes
+                .values()
+                .filter_map(|r| r.frontend.affinity)
+                .max()
+                .unwrap_or_default();
+            self.affinity.sweep(self.now, longest);
+        }
+    }
+
+    /// Ends a flow: sockets close, pipes go back to the pool, gauges drop.
+    pub(super) fn close_flow(&mut self, id: FlowId) {
+        let Some((_, io)) = self.table.remove(id) else {
+            return;
+        };
+        match io {
+            FlowIo::Tcp(t) => {
+                t.route.metrics.active.dec();
+                for pipe in t.into_pipes() {
+                    if self.pipes.len() < PIPE_POOL {
+                        self.pipes.push(pipe);
+                    }
+                }
+            }
+            FlowIo::Udp(u) => {
+                u.route.metrics.active.dec();
+            }
+        }
+    }
+
+    /// Chooses an endpoint for a new flow (or a retry): ClientIP affinity first, then the
+    /// native random choice, never one of `tried`.
+    pub(super) fn pick(
+        &mut self,
+        route: &Route,
+        family: Family,
+        flow: &FlowInfo,
+        tried: &[SocketAddr],
+    ) -> Option<SocketAddr> {
+        let fe = &route.frontend;
+        let backends = fe.backends(family);
+        if let Some(timeout) = fe.affinity {
+            if let Some(addr) = self
+                .affinity
+                .lookup(fe.key, flow.client.ip(), timeout, self.now)
+            {
+                if !tried.contains(&addr) && backends.iter().any(|b| b.addr == addr) {
+                    self.affinity
+                        .record(fe.key, flow.client.ip(), addr, self.now);
+                    return Some(addr);
+                }
+            }
+        }
+        let idx = self.random.select(flow, backends, tried)?;
+        let addr = backends[idx].addr;
+        if fe.affinity.is_some() {
+            self.affinity
+                .record(fe.key, flow.client.ip(), addr, self.now);
+        }
+        Some(addr)
+    }
+
+    /// The worker that carries a new TCP flow: by client IP when the frontend has affinity
+    /// (so one worker's affinity table sees all of a client's flows), else round-robin.
+    pub(super) fn carrier(&mut self, route: &Route, client: &SocketAddr) -> usize {
+        let n = self.peers.len();
+        if route.frontend.affinity.is_some() {
+            use std::hash::BuildHasher;
+            return (rustc_hash::FxBuildHasher.hash_one(client.ip()) % n as u64) as usize;
+        }
+        self.next_peer = (self.next_peer + 1) % n;
+        self.next_peer
+    }
+
+    pub(super) fn registry(&self) -> &Registry {
+        self.poll.registry()
+    }
+
+    pub(super) fn take_pipe(&mut self) -> io::Result<Pipe> {
+        match self.pipes.pop() {
+            Some(p) => Ok(p),
+            None => Pipe::new(),
+        }
+    }
+
+    fn dump(&self) -> Vec<Row> {
+        self.table
+            .iter()
+            .map(|(_, e, io)| {
+                let (service, port, packets) = match io {
+                    FlowIo::Tcp(t) => (
+                        &t.route.frontend.service,
+                        &t.route.frontend.port_name,
+                        t.segments(),
+                    ),
+                    FlowIo::Udp(u) => {
+                        (&u.route.frontend.service, &u.route.frontend.port_name, None)
+                    }
+                };
+                Row::new(
+                    e,
+                    self.index,
+                    service.to_string(),
+                    port.clone(),
+                    packets,
+                    self.now,
+                )
+            })
+            .collect()
+    }
+}
