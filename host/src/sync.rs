@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
+use crate::admin::health::{HealthHandle, HealthUpdate};
 use crate::admin::metrics::{Metrics, ServiceLabels};
 use crate::dataplane::Dataplane;
 use crate::model::store::Store;
@@ -44,6 +45,8 @@ pub struct Sync {
     last_error: HashMap<ServiceKey, String>,
     synced: bool,
     unsynced: BTreeSet<ServiceKey>,
+    health: Option<HealthHandle>,
+    health_ports: HashMap<ServiceKey, u16>,
 }
 
 impl Sync {
@@ -65,6 +68,37 @@ impl Sync {
             last_error: HashMap::new(),
             synced: false,
             unsynced: BTreeSet::new(),
+            health: None,
+            health_ports: HashMap::new(),
+        }
+    }
+
+    /// Serves healthCheckNodePorts through `health` (LoadBalancer + Local Services).
+    pub fn with_health(mut self, health: HealthHandle) -> Self {
+        self.health = Some(health);
+        self
+    }
+
+    fn update_health(&mut self, key: &ServiceKey) {
+        let Some(tx) = &self.health else { return };
+        let wanted = self
+            .store
+            .service(key)
+            .filter(|s| s.traffic_policy == crate::model::TrafficPolicy::Local)
+            .and_then(|s| s.health_check_node_port);
+        let old = self.health_ports.get(key).copied();
+        if let Some(port) = old.filter(|p| Some(*p) != wanted) {
+            let _ = tx.send(HealthUpdate::Remove { port });
+            self.health_ports.remove(key);
+        }
+        if let Some(port) = wanted {
+            let local_endpoints = self.store.local_ready_endpoints(key);
+            let _ = tx.send(HealthUpdate::Set {
+                port,
+                service: key.clone(),
+                local_endpoints,
+            });
+            self.health_ports.insert(key.clone(), port);
         }
     }
 
@@ -125,6 +159,11 @@ impl Sync {
             .observe(started.elapsed().as_secs_f64());
     }
 
+    /// Returns once the workers have applied every change made so far.
+    pub fn barrier(&self) {
+        self.dataplane.barrier();
+    }
+
     fn retry_pending(&mut self) {
         if self.synced && !self.pending.is_empty() {
             let keys = self.pending.clone();
@@ -150,6 +189,7 @@ impl Sync {
     /// Brings one Service's frontends in the dataplane to what the store says. Returns true
     /// when it released a nodePort.
     fn reconcile(&mut self, key: &ServiceKey) -> bool {
+        self.update_health(key);
         let (desired, warnings) = self.store.frontends(key).unwrap_or_default();
         for w in warnings {
             tracing::warn!(service = %key, warning = %w);

@@ -1,4 +1,5 @@
 //! The admin side: HTTP endpoints for probes, metrics and the conntrack dump.
 
+pub mod health;
 pub mod metrics;
 pub mod server;

@@ -6,12 +6,13 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use super::{RelayMode, RunArgs};
+use crate::admin::health;
 use crate::admin::metrics::Metrics;
 use crate::admin::server::{self, AdminState};
 use crate::dataplane::listener::BindAddresses;
 use crate::dataplane::{Dataplane, DataplaneConfig};
 use crate::model::store::Store;
-use crate::model::NodeInfo;
+use crate::model::{Family, NodeInfo};
 use crate::source::manifests::ManifestDir;
 use crate::sync::{Event, Sync};
 
@@ -50,7 +51,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         tcp_idle_timeout: args.tcp_idle_timeout,
         max_flows_per_worker: args.max_flows_per_worker.max(1),
         splice: args.relay == RelayMode::Splice,
-        bind,
+        bind: bind.clone(),
     };
     tracing::info!(workers, node = %args.node_name, manifests = %args.manifests.display(), "starting nodeportd");
     let metrics = Arc::new(Metrics::new());
@@ -68,14 +69,19 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let store = Store::new(args.nodeport_range.0..=args.nodeport_range.1, node);
     let (tx, rx) = crossbeam_channel::unbounded::<Event>();
-    let sync = Sync::new(store, dataplane, metrics, ready);
-    let sync_thread = std::thread::Builder::new()
-        .name("nodeportd-sync".into())
-        .spawn(move || sync.run(rx))?;
-
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let health = {
+        let _guard = runtime.enter();
+        let mut addrs = bind.of(Family::V4).to_vec();
+        addrs.extend_from_slice(bind.of(Family::V6));
+        health::spawn(addrs)
+    };
+    let sync = Sync::new(store, dataplane, metrics, ready).with_health(health);
+    let sync_thread = std::thread::Builder::new()
+        .name("nodeportd-sync".into())
+        .spawn(move || sync.run(rx))?;
     runtime.block_on(async move {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let admin_task = tokio::spawn(server::serve(args.admin_address, admin, async {

@@ -79,6 +79,30 @@ fn socket(addr: &SocketAddr, ty: Type, proto: SockProto) -> io::Result<Socket> {
     Ok(s)
 }
 
+/// Sizes socket buffers beyond net.core.{r,w}mem_max where allowed (CAP_NET_ADMIN, as the
+/// DaemonSet runs), else as far as the sysctl permits.
+fn buffers(s: &Socket, rcv: usize, snd: usize) {
+    let set = |opt: libc::c_int, val: usize| {
+        let v = val as libc::c_int;
+        // SAFETY: setsockopt with a valid c_int option value on an open socket.
+        unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            ) == 0
+        }
+    };
+    if !set(libc::SO_RCVBUFFORCE, rcv) {
+        let _ = s.set_recv_buffer_size(rcv);
+    }
+    if !set(libc::SO_SNDBUFFORCE, snd) {
+        let _ = s.set_send_buffer_size(snd);
+    }
+}
+
 /// A TCP socket bound to a nodePort but not listening: it holds the port while the Service
 /// has no endpoint, and the kernel answers SYNs with RST (connection refused), as kube-proxy's
 /// REJECT rule does.
@@ -98,8 +122,7 @@ pub fn tcp_listen(s: Socket) -> io::Result<std::net::TcpListener> {
 pub fn udp_bind(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     let s = socket(&addr, Type::DGRAM, SockProto::UDP)?;
     // Bursts from many clients queue here instead of being dropped.
-    let _ = s.set_recv_buffer_size(4 << 20);
-    let _ = s.set_send_buffer_size(4 << 20);
+    buffers(&s, 8 << 20, 4 << 20);
     s.bind(&SockAddr::from(addr))?;
     super::pktinfo::enable(s.as_raw_fd(), addr.is_ipv6())?;
     Ok(s.into())
@@ -113,7 +136,7 @@ pub fn udp_upstream(endpoint: SocketAddr) -> io::Result<std::net::UdpSocket> {
         Type::DGRAM.nonblocking().cloexec(),
         Some(SockProto::UDP),
     )?;
-    let _ = s.set_recv_buffer_size(1 << 20);
+    buffers(&s, 1 << 20, 4 << 20);
     s.connect(&SockAddr::from(endpoint))?;
     Ok(s.into())
 }

@@ -313,6 +313,21 @@ impl Dataplane {
         }
     }
 
+    /// Returns once every worker has applied everything sent so far (benchmarks, tests).
+    pub fn barrier(&self) {
+        let waits: Vec<_> = self
+            .peers
+            .iter()
+            .filter_map(|p| {
+                let (tx, rx) = crossbeam_channel::bounded(1);
+                p.send(Control::Barrier(tx)).then_some(rx)
+            })
+            .collect();
+        for rx in waits {
+            let _ = rx.recv_timeout(Duration::from_secs(5));
+        }
+    }
+
     /// Stops accepting, lets flows finish for `grace`, then returns once workers exit.
     pub fn shutdown(self, grace: Duration) {
         let deadline = Instant::now() + grace;

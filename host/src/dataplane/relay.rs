@@ -32,15 +32,52 @@ impl Pipe {
     }
 }
 
+/// Buffers for bytes a destination could not take yet, pooled per worker: a flow holds one
+/// only while its peer is slow, so idle flows cost no buffer memory.
+#[derive(Default)]
+pub struct Buffers {
+    free: Vec<Box<[u8]>>,
+}
+
+impl Buffers {
+    /// Most buffers kept for reuse.
+    const KEEP: usize = 256;
+
+    fn take(&mut self) -> Box<[u8]> {
+        self.free
+            .pop()
+            .unwrap_or_else(|| vec![0u8; CONDUIT_BYTES].into_boxed_slice())
+    }
+
+    fn give(&mut self, buf: Box<[u8]>) {
+        if self.free.len() < Self::KEEP {
+            self.free.push(buf);
+        }
+    }
+}
+
+/// Bytes read but not yet written, in a pooled buffer.
+pub struct Stash {
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+}
+
 /// Where one direction's in-flight bytes wait.
 pub enum Conduit {
-    /// Zero-copy: socket -> pipe -> socket.
-    Splice { pipe: Pipe, pending: usize },
-    /// Fallback: socket -> buffer -> socket.
+    /// Read into the worker's scratch buffer and written straight through; what the
+    /// destination refuses waits in a pooled stash. Best for request/response traffic: a
+    /// short read proves the socket drained, saving the EAGAIN round trip.
     Copy {
-        buf: Box<[u8]>,
-        start: usize,
-        end: usize,
+        /// Unwritten bytes, if any.
+        stash: Option<Stash>,
+    },
+    /// Zero-copy: socket -> pipe -> socket. Best for bulk transfer.
+    Splice {
+        /// The kernel pipe.
+        pipe: Pipe,
+        /// Bytes in the pipe.
+        pending: usize,
     },
 }
 
@@ -51,6 +88,9 @@ pub struct Pumped {
     pub bytes: u64,
     /// The source reached end of stream.
     pub eof: bool,
+    /// A read filled the whole scratch buffer: this direction carries bulk data and would
+    /// do better with splice.
+    pub bulk: bool,
 }
 
 fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
@@ -97,112 +137,175 @@ fn would_block(e: &io::Error) -> bool {
 }
 
 impl Conduit {
+    /// A copy conduit (holds no buffer until the destination pushes back).
+    pub fn copy() -> Self {
+        Self::Copy { stash: None }
+    }
+
     /// A splice conduit around a (pooled) pipe.
     pub fn splice(pipe: Pipe) -> Self {
         Self::Splice { pipe, pending: 0 }
     }
 
-    /// A copy conduit with its own buffer.
-    pub fn copy() -> Self {
-        Self::Copy {
-            buf: vec![0u8; CONDUIT_BYTES].into_boxed_slice(),
-            start: 0,
-            end: 0,
-        }
+    /// True for a splice conduit.
+    pub fn is_splice(&self) -> bool {
+        matches!(self, Self::Splice { .. })
     }
 
     /// Bytes read from the source and not yet written to the destination.
     pub fn pending(&self) -> usize {
         match self {
             Self::Splice { pending, .. } => *pending,
-            Self::Copy { start, end, .. } => end - start,
+            Self::Copy { stash } => stash.as_ref().map_or(0, |s| s.end - s.start),
         }
     }
 
-    /// Gives the pipe back for reuse when it is empty (a non-empty pipe is just closed).
-    pub fn into_pipe(self) -> Option<Pipe> {
+    /// Returns the pipe or buffer to the worker's pools (a non-empty pipe is just closed).
+    pub fn release(self, pipes: &mut Vec<Pipe>, buffers: &mut Buffers) {
         match self {
-            Self::Splice { pipe, pending: 0 } => Some(pipe),
-            _ => None,
+            Self::Splice { pipe, pending: 0 } if pipes.len() < PIPE_POOL => pipes.push(pipe),
+            Self::Copy { stash: Some(s) } => buffers.give(s.buf),
+            _ => {}
         }
     }
 
-    /// Moves what `src` has into the conduit. Ok(0) is end of stream.
-    fn fill(&mut self, src: RawFd) -> io::Result<usize> {
+    /// Moves bytes from `src` to `dst` until neither can progress (edge-triggered safe).
+    pub fn pump(
+        &mut self,
+        src: RawFd,
+        dst: RawFd,
+        src_done: bool,
+        scratch: &mut [u8],
+        buffers: &mut Buffers,
+    ) -> io::Result<Pumped> {
         match self {
-            Self::Splice { pipe, pending } => {
-                let n = splice(src, pipe.write.as_raw_fd(), CONDUIT_BYTES - *pending)?;
-                *pending += n;
-                Ok(n)
-            }
-            Self::Copy { buf, start, end } => {
-                if *start == *end {
-                    *start = 0;
-                    *end = 0;
-                }
-                let n = read(src, &mut buf[*end..])?;
-                *end += n;
-                Ok(n)
-            }
+            Self::Copy { stash } => pump_copy(stash, src, dst, src_done, scratch, buffers),
+            Self::Splice { pipe, pending } => pump_splice(pipe, pending, src, dst, src_done),
         }
     }
+}
 
-    /// Moves what the conduit holds into `dst`.
-    fn drain(&mut self, dst: RawFd) -> io::Result<usize> {
-        match self {
-            Self::Splice { pipe, pending } => {
-                let n = splice(pipe.read.as_raw_fd(), dst, *pending)?;
-                *pending -= n;
-                Ok(n)
-            }
-            Self::Copy { buf, start, end } => {
-                let n = write(dst, &buf[*start..*end])?;
-                *start += n;
-                Ok(n)
-            }
-        }
-    }
+/// Most pipes a worker keeps for reuse.
+pub const PIPE_POOL: usize = 1024;
 
-    fn has_room(&self) -> bool {
-        match self {
-            Self::Splice { pending, .. } => *pending < CONDUIT_BYTES,
-            Self::Copy { end, start, buf } => *end < buf.len() || start == end,
-        }
-    }
+fn retry(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EINTR)
+}
 
-    /// Moves bytes from `src` to `dst` until neither can progress. A full pipe and an empty
-    /// socket both answer EAGAIN to splice, so a drain that made room is always followed by
-    /// another fill: no readiness edge is lost.
-    pub fn pump(&mut self, src: RawFd, dst: RawFd, src_done: bool) -> io::Result<Pumped> {
-        let mut out = Pumped {
-            bytes: 0,
-            eof: src_done,
-        };
-        loop {
-            let mut progressed = false;
-            if !out.eof && self.has_room() {
-                match self.fill(src) {
-                    Ok(0) => out.eof = true,
-                    Ok(_) => progressed = true,
-                    Err(e) if would_block(&e) => {}
-                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => progressed = true,
-                    Err(e) => return Err(e),
-                }
-            }
-            if self.pending() > 0 {
-                match self.drain(dst) {
-                    Ok(n) => {
-                        out.bytes += n as u64;
-                        progressed |= n > 0;
+fn pump_copy(
+    stash: &mut Option<Stash>,
+    src: RawFd,
+    dst: RawFd,
+    src_done: bool,
+    scratch: &mut [u8],
+    buffers: &mut Buffers,
+) -> io::Result<Pumped> {
+    let mut out = Pumped {
+        bytes: 0,
+        eof: src_done,
+        bulk: false,
+    };
+    loop {
+        if let Some(s) = stash.as_mut() {
+            match write(dst, &s.buf[s.start..s.end]) {
+                Ok(n) => {
+                    out.bytes += n as u64;
+                    s.start += n;
+                    if s.start < s.end {
+                        return Ok(out);
                     }
-                    Err(e) if would_block(&e) => {}
-                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => progressed = true,
-                    Err(e) => return Err(e),
+                    if let Some(s) = stash.take() {
+                        buffers.give(s.buf);
+                    }
                 }
+                Err(e) if would_block(&e) => return Ok(out),
+                Err(e) if retry(&e) => continue,
+                Err(e) => return Err(e),
             }
-            if !progressed {
+        }
+        if out.eof {
+            return Ok(out);
+        }
+        let n = match read(src, scratch) {
+            Ok(0) => {
+                out.eof = true;
                 return Ok(out);
             }
+            Ok(n) => n,
+            Err(e) if would_block(&e) => return Ok(out),
+            Err(e) if retry(&e) => continue,
+            Err(e) => return Err(e),
+        };
+        let mut written = 0;
+        while written < n {
+            match write(dst, &scratch[written..n]) {
+                Ok(w) => written += w,
+                Err(e) if would_block(&e) => break,
+                Err(e) if retry(&e) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        out.bytes += written as u64;
+        if written < n {
+            let mut buf = buffers.take();
+            buf[..n - written].copy_from_slice(&scratch[written..n]);
+            *stash = Some(Stash {
+                buf,
+                start: 0,
+                end: n - written,
+            });
+            return Ok(out);
+        }
+        if n < scratch.len() {
+            // A short read drained the socket: more data will raise a new edge.
+            return Ok(out);
+        }
+        out.bulk = true;
+    }
+}
+
+/// A full pipe and an empty socket both answer EAGAIN to splice, so a drain that made room
+/// is always followed by another fill: no readiness edge is lost.
+fn pump_splice(
+    pipe: &mut Pipe,
+    pending: &mut usize,
+    src: RawFd,
+    dst: RawFd,
+    src_done: bool,
+) -> io::Result<Pumped> {
+    let mut out = Pumped {
+        bytes: 0,
+        eof: src_done,
+        bulk: true,
+    };
+    loop {
+        let mut progressed = false;
+        if !out.eof && *pending < CONDUIT_BYTES {
+            match splice(src, pipe.write.as_raw_fd(), CONDUIT_BYTES - *pending) {
+                Ok(0) => out.eof = true,
+                Ok(n) => {
+                    *pending += n;
+                    progressed = true;
+                }
+                Err(e) if would_block(&e) => {}
+                Err(e) if retry(&e) => progressed = true,
+                Err(e) => return Err(e),
+            }
+        }
+        if *pending > 0 {
+            match splice(pipe.read.as_raw_fd(), dst, *pending) {
+                Ok(n) => {
+                    *pending -= n;
+                    out.bytes += n as u64;
+                    progressed |= n > 0;
+                }
+                Err(e) if would_block(&e) => {}
+                Err(e) if retry(&e) => progressed = true,
+                Err(e) => return Err(e),
+            }
+        }
+        if !progressed {
+            return Ok(out);
         }
     }
 }
@@ -247,6 +350,8 @@ mod tests {
             got
         });
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let mut scratch = vec![0u8; CONDUIT_BYTES];
+        let mut buffers = Buffers::default();
         let mut total = 0u64;
         let mut eof = false;
         while !(eof && conduit.pending() == 0) {
@@ -255,7 +360,13 @@ mod tests {
                 "relay stalled at {total} bytes"
             );
             let p = conduit
-                .pump(proxy_in.as_raw_fd(), proxy_out.as_raw_fd(), eof)
+                .pump(
+                    proxy_in.as_raw_fd(),
+                    proxy_out.as_raw_fd(),
+                    eof,
+                    &mut scratch,
+                    &mut buffers,
+                )
                 .unwrap();
             total += p.bytes;
             eof = p.eof;

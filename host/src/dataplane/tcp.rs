@@ -5,14 +5,14 @@
 use std::cmp::Reverse;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
 use mio::Interest;
 
 use super::conntrack::{Counters, Entry, FlowId, State, Tuple};
 use super::listener::tcp_connect;
-use super::relay::{splice_unsupported, Conduit, Pipe};
+use super::relay::{splice_unsupported, Buffers, Conduit, Pipe};
 use super::worker::{flow_token, FlowIo, Handoff, Sock, Worker};
 use super::Route;
 use crate::admin::metrics::Refusal;
@@ -56,12 +56,11 @@ pub struct TcpFlow {
 }
 
 impl TcpFlow {
-    /// The pipes, for the worker's pool.
-    pub(super) fn into_pipes(self) -> impl Iterator<Item = Pipe> {
-        [self.up.conduit, self.down.conduit]
-            .into_iter()
-            .flatten()
-            .filter_map(Conduit::into_pipe)
+    /// Gives pipes and buffers back to the worker's pools.
+    pub(super) fn release(self, pipes: &mut Vec<Pipe>, buffers: &mut Buffers) {
+        for c in [self.up.conduit, self.down.conduit].into_iter().flatten() {
+            c.release(pipes, buffers);
+        }
     }
 
     /// Segments received from the client and from the endpoint, from TCP_INFO.
@@ -370,21 +369,14 @@ impl Worker {
     }
 
     fn established(&mut self, id: FlowId, generation: u32) {
-        let conduits = if self.splice {
-            match (self.take_pipe(), self.take_pipe()) {
-                (Ok(a), Ok(b)) => (Conduit::splice(a), Conduit::splice(b)),
-                _ => (Conduit::copy(), Conduit::copy()),
-            }
-        } else {
-            (Conduit::copy(), Conduit::copy())
-        };
         let Some((entry, FlowIo::Tcp(t))) = self.table.get_mut(id, generation) else {
             return;
         };
         entry.state = State::Established;
         t.phase = Phase::Relaying;
-        t.up.conduit = Some(conduits.0);
-        t.down.conduit = Some(conduits.1);
+        // Directions start by copy and move to splice once they carry bulk data.
+        t.up.conduit = Some(Conduit::copy());
+        t.down.conduit = Some(Conduit::copy());
         // Edges that arrived while connecting were not acted on: move what is there now.
         self.relay(id, generation, true, true);
     }
@@ -392,14 +384,28 @@ impl Worker {
     /// Pumps the ready directions, then half-closes, finishes or aborts the flow.
     fn relay(&mut self, id: FlowId, generation: u32, up: bool, down: bool) {
         let now = self.now;
-        let Some((entry, FlowIo::Tcp(t))) = self.table.get_mut(id, generation) else {
+        let Worker {
+            table,
+            buf,
+            buffers,
+            pipes,
+            splice,
+            ..
+        } = self;
+        let Some((entry, FlowIo::Tcp(t))) = table.get_mut(id, generation) else {
             return;
         };
         let client = t.client.as_raw_fd();
         let upstream = t.upstream.as_raw_fd();
+        let mut io = Io {
+            scratch: buf,
+            buffers,
+            pipes,
+            splice,
+        };
         let mut result = Ok(());
         if up {
-            result = pump(
+            result = io.pump(
                 &mut t.up,
                 client,
                 upstream,
@@ -408,7 +414,7 @@ impl Worker {
             );
         }
         if down && result.is_ok() {
-            result = pump(
+            result = io.pump(
                 &mut t.down,
                 upstream,
                 client,
@@ -450,25 +456,47 @@ impl Worker {
     }
 }
 
-fn pump(
-    half: &mut Half,
-    src: std::os::fd::RawFd,
-    dst: std::os::fd::RawFd,
-    counters: &mut Counters,
-    metric: &prometheus_client::metrics::counter::Counter,
-) -> io::Result<()> {
-    let Some(conduit) = half.conduit.as_mut() else {
-        return Ok(());
-    };
-    if half.shut {
-        return Ok(());
+/// The worker's relay resources, borrowed apart from its flow table.
+struct Io<'a> {
+    scratch: &'a mut [u8],
+    buffers: &'a mut Buffers,
+    pipes: &'a mut Vec<Pipe>,
+    splice: &'a bool,
+}
+
+impl Io<'_> {
+    fn pump(
+        &mut self,
+        half: &mut Half,
+        src: RawFd,
+        dst: RawFd,
+        counters: &mut Counters,
+        metric: &prometheus_client::metrics::counter::Counter,
+    ) -> io::Result<()> {
+        let Some(conduit) = half.conduit.as_mut() else {
+            return Ok(());
+        };
+        if half.shut {
+            return Ok(());
+        }
+        let p = conduit.pump(src, dst, half.eof, self.scratch, self.buffers)?;
+        half.eof = p.eof;
+        if p.bytes > 0 {
+            counters.bytes += p.bytes;
+            counters.packets += 1;
+            metric.inc_by(p.bytes);
+        }
+        if p.bulk && *self.splice && !conduit.is_splice() && conduit.pending() == 0 && !half.eof {
+            let pipe = match self.pipes.pop() {
+                Some(p) => Ok(p),
+                None => Pipe::new(),
+            };
+            if let Ok(pipe) = pipe {
+                *conduit = Conduit::splice(pipe);
+                // The socket may still hold data: the next edge might never come.
+                return self.pump(half, src, dst, counters, metric);
+            }
+        }
+        Ok(())
     }
-    let p = conduit.pump(src, dst, half.eof)?;
-    half.eof = p.eof;
-    if p.bytes > 0 {
-        counters.bytes += p.bytes;
-        counters.packets += 1;
-        metric.inc_by(p.bytes);
-    }
-    Ok(())
 }

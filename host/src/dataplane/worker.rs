@@ -15,7 +15,7 @@ use rustc_hash::FxHashMap;
 use slab::Slab;
 
 use super::conntrack::{FlowId, Row, Table};
-use super::relay::Pipe;
+use super::relay::{Buffers, Pipe};
 use super::tcp::TcpFlow;
 use super::udp::UdpFlow;
 use super::{DataplaneConfig, Route};
@@ -29,8 +29,6 @@ pub(super) const WAKER: Token = Token(1 << 62);
 const LISTENER_BIT: usize = 1 << 61;
 /// How often idle affinity entries are swept.
 const AFFINITY_SWEEP: Duration = Duration::from_secs(30);
-/// Most pipes a worker keeps for reuse.
-const PIPE_POOL: usize = 1024;
 
 /// Flow tokens carry the slot, its generation and the side, so an event for a flow that was
 /// closed and replaced within one poll round is recognised as stale.
@@ -92,6 +90,8 @@ pub enum Control {
     },
     /// Send back a copy of this worker's conntrack shard.
     Dump(Sender<Vec<Row>>),
+    /// Answer once every earlier message has been applied.
+    Barrier(Sender<()>),
     /// Close listeners, let flows finish until the deadline, then exit.
     Shutdown(Instant),
 }
@@ -140,6 +140,7 @@ pub struct Worker {
     pub(super) random: Random,
     pub(super) affinity: AffinityTable,
     pub(super) pipes: Vec<Pipe>,
+    pub(super) buffers: Buffers,
     pub(super) splice: bool,
     pub(super) buf: Box<[u8]>,
     pub(super) now: Instant,
@@ -196,6 +197,7 @@ impl Worker {
             ),
             affinity: AffinityTable::default(),
             pipes: Vec::new(),
+            buffers: Buffers::default(),
             buf: vec![0u8; 65536].into_boxed_slice(),
             now,
             control: parts.control,
@@ -258,7 +260,9 @@ impl Worker {
         if let Some(d) = self.shutdown {
             next = next.min(d);
         }
-        next.saturating_duration_since(Instant::now())
+        // Measured from the loop's clock reading: one clock read per round (it can be a real
+        // syscall on VMs); sleeping a little long only delays timers by the round's work.
+        next.saturating_duration_since(self.now)
     }
 
     fn listener_ready(&mut self, idx: usize) {
@@ -342,6 +346,9 @@ impl Worker {
             }
             Control::Dump(reply) => {
                 let _ = reply.send(self.dump());
+            }
+            Control::Barrier(done) => {
+                let _ = done.send(());
             }
             Control::Shutdown(deadline) => {
                 let all: Vec<usize> = self.listeners.iter().map(|(i, _)| i).collect();
@@ -461,11 +468,7 @@ impl Worker {
         match io {
             FlowIo::Tcp(t) => {
                 t.route.metrics.active.dec();
-                for pipe in t.into_pipes() {
-                    if self.pipes.len() < PIPE_POOL {
-                        self.pipes.push(pipe);
-                    }
-                }
+                t.release(&mut self.pipes, &mut self.buffers);
             }
             FlowIo::Udp(u) => {
                 u.route.metrics.active.dec();
@@ -519,13 +522,6 @@ impl Worker {
 
     pub(super) fn registry(&self) -> &Registry {
         self.poll.registry()
-    }
-
-    pub(super) fn take_pipe(&mut self) -> io::Result<Pipe> {
-        match self.pipes.pop() {
-            Some(p) => Ok(p),
-            None => Pipe::new(),
-        }
     }
 
     fn dump(&self) -> Vec<Row> {

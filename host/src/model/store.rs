@@ -232,6 +232,23 @@ impl Store {
         Some(frontend::build(svc, &slices, &self.node))
     }
 
+    /// This node's ready endpoints of a Service (distinct addresses), for healthCheckNodePort.
+    pub fn local_ready_endpoints(&self, key: &ServiceKey) -> usize {
+        let mut addrs: Vec<std::net::IpAddr> = self
+            .slices_by_service
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.slices.get(id).map(|(_, s)| s))
+            .flat_map(|s| s.endpoints.iter())
+            .filter(|e| e.ready && e.node_name.as_deref() == Some(self.node.name.as_str()))
+            .map(|e| e.addr)
+            .collect();
+        addrs.sort_unstable();
+        addrs.dedup();
+        addrs.len()
+    }
+
     /// The Service, if known.
     pub fn service(&self, key: &ServiceKey) -> Option<&Service> {
         self.services.get(key).map(|(_, s)| s)

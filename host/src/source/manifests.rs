@@ -1,7 +1,7 @@
-//! A directory of Kubernetes manifests (multi-document YAML or JSON) as a source. Any change in
-//! the directory triggers a rescan after a short quiet period; only files whose content
-//! changed are re-read and sent. That also covers ConfigMap volumes, whose files change by a
-//! symlink swap rather than a write.
+//! A directory of Kubernetes manifests (multi-document YAML or JSON) as a source. A change to
+//! manifest files re-reads just those files after a short quiet period; any other change in
+//! the directory (a ConfigMap volume's symlink swap, a rename from a temporary name) rescans
+//! it. Either way only files whose content changed are parsed and sent.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -15,8 +15,9 @@ use serde::Deserialize;
 use super::SourceEvent;
 use crate::model::store::Object;
 
-/// Quiet time after the last change before the directory is rescanned.
-const SETTLE: Duration = Duration::from_millis(100);
+/// Quiet time after the last change before files are read: coalesces an editor's or a
+/// copy's bursts of writes.
+const SETTLE: Duration = Duration::from_millis(20);
 
 /// True for files this source reads: *.yaml, *.yml, *.json, not hidden.
 pub fn is_manifest(path: &Path) -> bool {
@@ -109,7 +110,8 @@ impl ManifestDir {
     ) -> anyhow::Result<std::thread::JoinHandle<()>> {
         let (ntx, nrx) = crossbeam_channel::unbounded();
         let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-            let _ = ntx.send(ev.is_ok());
+            // An error (queue overflow) is an empty list: it forces a full rescan.
+            let _ = ntx.send(ev.map(|e| e.paths).unwrap_or_default());
         })?;
         watcher
             .watch(&dir, RecursiveMode::NonRecursive)
@@ -133,14 +135,67 @@ impl ManifestDir {
             })?)
     }
 
-    fn watch(&mut self, changes: Receiver<bool>) {
-        while changes.recv().is_ok() {
+    fn watch(&mut self, changes: Receiver<Vec<PathBuf>>) {
+        while let Ok(first) = changes.recv() {
+            let mut paths = first;
+            let mut full = paths.is_empty();
             // Let a burst of writes (editors, kubectl cp, symlink swaps) settle.
-            while changes.recv_timeout(SETTLE).is_ok() {}
-            if !self.scan() {
+            while let Ok(more) = changes.recv_timeout(SETTLE) {
+                full |= more.is_empty();
+                paths.extend(more);
+            }
+            full |= paths
+                .iter()
+                .any(|p| !is_manifest(p) || p.parent() != Some(self.dir.as_path()));
+            let alive = if full {
+                self.scan()
+            } else {
+                paths.sort();
+                paths.dedup();
+                paths.iter().all(|p| self.refresh(p))
+            };
+            if !alive {
                 return;
             }
         }
+    }
+
+    /// Re-reads one manifest file (or reports it gone). False once nobody listens.
+    fn refresh(&mut self, path: &Path) -> bool {
+        if path.is_file() {
+            return self.read(path);
+        }
+        if self.seen.remove(path).is_some() {
+            let origin = path.display().to_string();
+            return self.tx.send(SourceEvent::Removed { origin }).is_ok();
+        }
+        true
+    }
+
+    /// Reads a file and sends its objects if its content changed. False once nobody listens.
+    fn read(&mut self, path: &Path) -> bool {
+        let origin = path.display().to_string();
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) => {
+                let error = format!("{origin}: cannot read: {e}");
+                return self.tx.send(SourceEvent::Failed { origin, error }).is_ok();
+            }
+        };
+        let d = digest(&bytes);
+        if self.seen.get(path) == Some(&d) {
+            return true;
+        }
+        self.seen.insert(path.to_path_buf(), d);
+        let ev = match std::str::from_utf8(&bytes).map_err(|e| format!("{origin}: not UTF-8: {e}"))
+        {
+            Ok(text) => match parse(&origin, text) {
+                Ok(objects) => SourceEvent::Objects { origin, objects },
+                Err(error) => SourceEvent::Failed { origin, error },
+            },
+            Err(error) => SourceEvent::Failed { origin, error },
+        };
+        self.tx.send(ev).is_ok()
     }
 
     /// Rescans the directory; sends what changed. False once nobody listens.
@@ -162,32 +217,7 @@ impl ManifestDir {
         }
         present.sort();
         for path in &present {
-            let origin = path.display().to_string();
-            let bytes = match std::fs::read(path) {
-                Ok(b) => b,
-                Err(e) => {
-                    let error = format!("{origin}: cannot read: {e}");
-                    if self.tx.send(SourceEvent::Failed { origin, error }).is_err() {
-                        return false;
-                    }
-                    continue;
-                }
-            };
-            let d = digest(&bytes);
-            if self.seen.get(path) == Some(&d) {
-                continue;
-            }
-            self.seen.insert(path.clone(), d);
-            let ev = match std::str::from_utf8(&bytes)
-                .map_err(|e| format!("{origin}: not UTF-8: {e}"))
-            {
-                Ok(text) => match parse(&origin, text) {
-                    Ok(objects) => SourceEvent::Objects { origin, objects },
-                    Err(error) => SourceEvent::Failed { origin, error },
-                },
-                Err(error) => SourceEvent::Failed { origin, error },
-            };
-            if self.tx.send(ev).is_err() {
+            if !self.read(path) {
                 return false;
             }
         }

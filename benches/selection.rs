@@ -1,0 +1,58 @@
+//! Native selection per new flow: uniform random over 100 endpoints, with exclusions after
+//! failed connects, and a ClientIP affinity lookup.
+
+use std::hint::black_box;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use nodeportd::balance::affinity::AffinityTable;
+use nodeportd::balance::random::Random;
+use nodeportd::balance::{FlowInfo, Selector};
+use nodeportd::model::{Backend, FrontendKey, Protocol};
+
+fn backends(n: u32) -> Vec<Backend> {
+    (0..n)
+        .map(|i| Backend {
+            addr: SocketAddr::from(([198, 19, (i >> 8) as u8, i as u8], 8080)),
+            node_local: false,
+            zone: None,
+            ready: true,
+            serving: true,
+            terminating: false,
+        })
+        .collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let b100 = backends(100);
+    let flow = FlowInfo {
+        frontend: FrontendKey {
+            protocol: Protocol::Tcp,
+            node_port: 30080,
+        },
+        client: SocketAddr::from(([198, 18, 0, 2], 40000)),
+        node: SocketAddr::from(([198, 18, 0, 1], 30080)),
+    };
+    let mut r = Random::new(1);
+    c.bench_function("random_select_100", |b| {
+        b.iter(|| black_box(r.select(&flow, &b100, &[])))
+    });
+    let exclude = [b100[3].addr, b100[50].addr];
+    c.bench_function("random_select_100_excluding_2", |b| {
+        b.iter(|| black_box(r.select(&flow, &b100, &exclude)))
+    });
+    let mut a = AffinityTable::default();
+    let now = Instant::now();
+    for i in 0..10_000u32 {
+        let ip = IpAddr::from([198, 18, (i >> 8) as u8, i as u8]);
+        a.record(flow.frontend, ip, b100[(i % 100) as usize].addr, now);
+    }
+    let ip = IpAddr::from([198, 18, 10, 10]);
+    c.bench_function("affinity_lookup_10k_clients", |b| {
+        b.iter(|| black_box(a.lookup(flow.frontend, ip, Duration::from_secs(10800), now)))
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
