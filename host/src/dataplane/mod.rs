@@ -2,6 +2,7 @@
 //! them. The control side owns socket lifecycle (bind errors surface here, naming the Service);
 //! workers own flows. Routes reach workers as immutable `Arc<Route>` swaps, per frontend.
 
+pub mod batch;
 pub mod conntrack;
 pub mod listener;
 pub mod pktinfo;

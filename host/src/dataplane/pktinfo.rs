@@ -127,26 +127,68 @@ pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<Received> {
         }
         let from = from_storage(&ss)
             .ok_or_else(|| io::Error::other("datagram from an unknown address family"))?;
-        let mut to = None;
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            let h = &*c;
-            if h.cmsg_level == libc::IPPROTO_IP && h.cmsg_type == libc::IP_PKTINFO {
-                let info: libc::in_pktinfo = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
-                to = Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
-                    info.ipi_addr.s_addr,
-                ))));
-            } else if h.cmsg_level == libc::IPPROTO_IPV6 && h.cmsg_type == libc::IPV6_PKTINFO {
-                let info: libc::in6_pktinfo = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
-                to = Some(IpAddr::V6(Ipv6Addr::from(info.ipi6_addr.s6_addr)));
-            }
-            c = libc::CMSG_NXTHDR(&msg, c);
-        }
+        let to = destination(&msg);
         Ok(Received {
             len: n as usize,
             from,
             to,
         })
+    }
+}
+
+/// The destination address carried by a received message's pktinfo, if any.
+///
+/// # Safety
+/// `msg` must have been filled by recvmsg/recvmmsg and its control buffer still be valid.
+pub unsafe fn destination(msg: &libc::msghdr) -> Option<IpAddr> {
+    let mut to = None;
+    let mut c = libc::CMSG_FIRSTHDR(msg);
+    while !c.is_null() {
+        let h = &*c;
+        if h.cmsg_level == libc::IPPROTO_IP && h.cmsg_type == libc::IP_PKTINFO {
+            let info: libc::in_pktinfo = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+            to = Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                info.ipi_addr.s_addr,
+            ))));
+        } else if h.cmsg_level == libc::IPPROTO_IPV6 && h.cmsg_type == libc::IPV6_PKTINFO {
+            let info: libc::in6_pktinfo = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+            to = Some(IpAddr::V6(Ipv6Addr::from(info.ipi6_addr.s6_addr)));
+        }
+        c = libc::CMSG_NXTHDR(msg, c);
+    }
+    to
+}
+
+/// Writes a pktinfo control message choosing `src` as the source address; returns its
+/// length (the msg_controllen to use).
+///
+/// # Safety
+/// `buf` must be 8-byte aligned and at least CMSG_SPACE(in6_pktinfo) long.
+pub unsafe fn write_source(buf: &mut [u8], src: IpAddr) -> usize {
+    buf.fill(0);
+    let mut msg: libc::msghdr = zeroed();
+    msg.msg_control = buf.as_mut_ptr().cast();
+    msg.msg_controllen = buf.len() as _;
+    let c = libc::CMSG_FIRSTHDR(&msg);
+    match src {
+        IpAddr::V4(src) => {
+            (*c).cmsg_level = libc::IPPROTO_IP;
+            (*c).cmsg_type = libc::IP_PKTINFO;
+            (*c).cmsg_len = libc::CMSG_LEN(size_of::<libc::in_pktinfo>() as u32) as _;
+            let mut info: libc::in_pktinfo = zeroed();
+            info.ipi_spec_dst.s_addr = u32::from(src).to_be();
+            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast(), info);
+            libc::CMSG_SPACE(size_of::<libc::in_pktinfo>() as u32) as usize
+        }
+        IpAddr::V6(src) => {
+            (*c).cmsg_level = libc::IPPROTO_IPV6;
+            (*c).cmsg_type = libc::IPV6_PKTINFO;
+            (*c).cmsg_len = libc::CMSG_LEN(size_of::<libc::in6_pktinfo>() as u32) as _;
+            let mut info: libc::in6_pktinfo = zeroed();
+            info.ipi6_addr.s6_addr = src.octets();
+            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast(), info);
+            libc::CMSG_SPACE(size_of::<libc::in6_pktinfo>() as u32) as usize
+        }
     }
 }
 
@@ -166,32 +208,10 @@ pub fn send(fd: RawFd, buf: &[u8], from: Option<IpAddr>, to: &SocketAddr) -> io:
         msg.msg_namelen = sslen;
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
-        match from {
-            Some(IpAddr::V4(src)) => {
-                let space = libc::CMSG_SPACE(size_of::<libc::in_pktinfo>() as u32) as usize;
-                msg.msg_control = cmsg.0.as_mut_ptr().cast();
-                msg.msg_controllen = space as _;
-                let c = libc::CMSG_FIRSTHDR(&msg);
-                (*c).cmsg_level = libc::IPPROTO_IP;
-                (*c).cmsg_type = libc::IP_PKTINFO;
-                (*c).cmsg_len = libc::CMSG_LEN(size_of::<libc::in_pktinfo>() as u32) as _;
-                let mut info: libc::in_pktinfo = zeroed();
-                info.ipi_spec_dst.s_addr = u32::from(src).to_be();
-                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast(), info);
-            }
-            Some(IpAddr::V6(src)) => {
-                let space = libc::CMSG_SPACE(size_of::<libc::in6_pktinfo>() as u32) as usize;
-                msg.msg_control = cmsg.0.as_mut_ptr().cast();
-                msg.msg_controllen = space as _;
-                let c = libc::CMSG_FIRSTHDR(&msg);
-                (*c).cmsg_level = libc::IPPROTO_IPV6;
-                (*c).cmsg_type = libc::IPV6_PKTINFO;
-                (*c).cmsg_len = libc::CMSG_LEN(size_of::<libc::in6_pktinfo>() as u32) as _;
-                let mut info: libc::in6_pktinfo = zeroed();
-                info.ipi6_addr.s6_addr = src.octets();
-                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast(), info);
-            }
-            None => {}
+        if let Some(src) = from {
+            let len = write_source(&mut cmsg.0, src);
+            msg.msg_control = cmsg.0.as_mut_ptr().cast();
+            msg.msg_controllen = len as _;
         }
         let n = libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL);
         if n < 0 {

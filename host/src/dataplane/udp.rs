@@ -4,14 +4,15 @@
 //! until the endpoint answers, the longer stream timeout after).
 
 use std::io;
+use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use mio::Interest;
 
+use super::batch::BATCH;
 use super::conntrack::{Counters, Entry, FlowId, State, Tuple};
 use super::listener::udp_upstream;
-use super::pktinfo;
 use super::worker::{flow_token, FlowIo, Sock, Worker};
 use super::Route;
 use crate::admin::metrics::Refusal;
@@ -28,36 +29,55 @@ pub struct UdpFlow {
 }
 
 impl Worker {
-    /// Reads every queued datagram of a nodePort socket and forwards each.
+    /// Reads every queued datagram of a nodePort socket, in batches, and forwards each run of
+    /// consecutive datagrams of one flow with a single sendmmsg.
     pub(super) fn udp_receive(&mut self, idx: usize) {
         loop {
             let Some(l) = self.listeners.get(idx) else {
                 return;
             };
             let Sock::Udp(sock) = &l.sock else { return };
-            let r = match pktinfo::recv(sock.as_raw_fd(), &mut self.buf) {
-                Ok(r) => r,
+            let (key, local) = (l.key, l.local);
+            let n = match self.batch.recv(sock.as_raw_fd()) {
+                Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    tracing::debug!(frontend = %l.key, error = %e, "nodePort receive error");
-                    continue;
+                    tracing::debug!(frontend = %key, error = %e, "nodePort receive error");
+                    return;
                 }
             };
-            let node = std::net::SocketAddr::new(r.to.unwrap_or(l.local.ip()), l.local.port());
-            let tuple = Tuple {
-                protocol: Protocol::Udp,
-                client: r.from,
-                node,
-            };
-            let id = match self.table.lookup(&tuple) {
-                Some(id) => id,
-                None => match self.new_udp_flow(idx, tuple) {
-                    Some(id) => id,
-                    None => continue,
-                },
-            };
-            self.udp_forward(id, r.len);
+            let mut run: Option<(FlowId, usize)> = None;
+            for i in 0..n {
+                let Some(r) = self.batch.meta(i) else {
+                    continue;
+                };
+                let node = std::net::SocketAddr::new(r.to.unwrap_or(local.ip()), local.port());
+                let tuple = Tuple {
+                    protocol: Protocol::Udp,
+                    client: r.from,
+                    node,
+                };
+                let id = match self.table.lookup(&tuple) {
+                    Some(id) => Some(id),
+                    None => self.new_udp_flow(idx, tuple),
+                };
+                match (run, id) {
+                    (Some((flow, _)), Some(id)) if flow == id => {}
+                    _ => {
+                        if let Some((flow, start)) = run.take() {
+                            self.udp_forward(flow, start..i);
+                        }
+                        run = id.map(|id| (id, i));
+                    }
+                }
+            }
+            if let Some((flow, start)) = run {
+                self.udp_forward(flow, start..n);
+            }
+            if n < BATCH {
+                return; // the queue was drained: a new datagram raises a new edge
+            }
         }
     }
 
@@ -121,31 +141,36 @@ impl Worker {
         Some(id)
     }
 
-    /// Sends the datagram in the worker buffer to the flow's endpoint.
-    fn udp_forward(&mut self, id: FlowId, len: usize) {
+    /// Sends received datagrams `range` to the flow's endpoint.
+    fn udp_forward(&mut self, id: FlowId, range: Range<usize>) {
         let now = self.now;
-        let Some((entry, FlowIo::Udp(u), _)) = self.table.get_by_id(id) else {
+        let Worker { table, batch, .. } = self;
+        let Some((entry, FlowIo::Udp(u), _)) = table.get_by_id(id) else {
             return;
         };
         entry.last_seen = now;
-        match u.upstream.send(&self.buf[..len]) {
-            Ok(_) => {
-                entry.orig.bytes += len as u64;
-                entry.orig.packets += 1;
-                u.route.metrics.bytes_in.inc_by(len as u64);
-            }
-            Err(_) => u.route.metrics.refuse(Refusal::Dropped),
+        let count = range.len();
+        let sent = batch
+            .send(u.upstream.as_raw_fd(), range.clone(), None, None)
+            .unwrap_or(0);
+        let bytes = batch.bytes(range.start..range.start + sent);
+        entry.orig.bytes += bytes;
+        entry.orig.packets += sent as u64;
+        u.route.metrics.bytes_in.inc_by(bytes);
+        for _ in sent..count {
+            u.route.metrics.refuse(Refusal::Dropped);
         }
     }
 
-    /// Relays every reply queued on a flow's upstream socket back to the client.
+    /// Relays every reply queued on a flow's upstream socket back to the client, in batches,
+    /// from the node address the client used.
     pub(super) fn udp_reply(&mut self, id: FlowId, generation: u32) {
         let now = self.now;
         let stream_timeout = self.cfg.udp_stream_timeout;
         let Worker {
             table,
             listeners,
-            buf,
+            batch,
             ..
         } = self;
         let Some((entry, FlowIo::Udp(u))) = table.get_mut(id, generation) else {
@@ -156,8 +181,9 @@ impl Worker {
         };
         let Sock::Udp(nodeport) = &l.sock else { return };
         let from = l.wildcard.then_some(entry.tuple.node.ip());
+        let client = entry.tuple.client;
         loop {
-            let n = match u.upstream.recv(buf) {
+            let n = match batch.recv(u.upstream.as_raw_fd()) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -172,13 +198,18 @@ impl Worker {
                 entry.state = State::Replied;
                 entry.timeout = stream_timeout;
             }
-            match pktinfo::send(nodeport.as_raw_fd(), &buf[..n], from, &entry.tuple.client) {
-                Ok(_) => {
-                    entry.reply.bytes += n as u64;
-                    entry.reply.packets += 1;
-                    u.route.metrics.bytes_out.inc_by(n as u64);
-                }
-                Err(_) => u.route.metrics.refuse(Refusal::Dropped),
+            let sent = batch
+                .send(nodeport.as_raw_fd(), 0..n, Some(&client), from)
+                .unwrap_or(0);
+            let bytes = batch.bytes(0..sent);
+            entry.reply.bytes += bytes;
+            entry.reply.packets += sent as u64;
+            u.route.metrics.bytes_out.inc_by(bytes);
+            for _ in sent..n {
+                u.route.metrics.refuse(Refusal::Dropped);
+            }
+            if n < BATCH {
+                break;
             }
         }
     }

@@ -14,6 +14,7 @@ use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use rustc_hash::FxHashMap;
 use slab::Slab;
 
+use super::batch::Batch;
 use super::conntrack::{FlowId, Row, Table};
 use super::relay::{Buffers, Pipe};
 use super::tcp::TcpFlow;
@@ -143,6 +144,7 @@ pub struct Worker {
     pub(super) buffers: Buffers,
     pub(super) splice: bool,
     pub(super) buf: Box<[u8]>,
+    pub(super) batch: Box<Batch>,
     pub(super) now: Instant,
     control: Receiver<Control>,
     inbox: Receiver<Handoff>,
@@ -199,6 +201,7 @@ impl Worker {
             pipes: Vec::new(),
             buffers: Buffers::default(),
             buf: vec![0u8; 65536].into_boxed_slice(),
+            batch: Box::new(Batch::new()),
             now,
             control: parts.control,
             inbox: parts.inbox,
