@@ -47,6 +47,8 @@ pub struct Sync {
     unsynced: BTreeSet<ServiceKey>,
     health: Option<HealthHandle>,
     health_ports: HashMap<ServiceKey, u16>,
+    /// Frontends whose last programming failed (some socket could not be bound).
+    incomplete: std::collections::HashSet<FrontendKey>,
 }
 
 impl Sync {
@@ -70,6 +72,7 @@ impl Sync {
             unsynced: BTreeSet::new(),
             health: None,
             health_ports: HashMap::new(),
+            incomplete: Default::default(),
         }
     }
 
@@ -198,6 +201,7 @@ impl Sync {
         let mut freed = false;
         for fe in &old {
             if !desired.iter().any(|d| d.key == fe.key) {
+                self.incomplete.remove(&fe.key);
                 self.dataplane.remove(&fe.key);
                 self.claims.remove(&fe.key);
                 freed = true;
@@ -212,14 +216,18 @@ impl Sync {
                 format!(" port {:?}", fe.port_name)
             };
             if let Some(owner) = self.claims.get(&fe.key).filter(|o| *o != key) {
+                let origin = |k: &ServiceKey| self.store.origin(k).unwrap_or("?").to_string();
                 errors.push(format!(
-                    "Service {key}{port}: nodePort {} is already used by Service {owner}; this port is not served",
-                    fe.key
+                    "Service {key}{port} ({}): nodePort {} is already used by Service {owner} ({}); this port is not served",
+                    origin(key),
+                    fe.key,
+                    origin(owner)
                 ));
                 continue;
             }
             let before = old.iter().find(|o| o.key == fe.key);
-            if before == Some(&fe) {
+            // A frontend whose last programming failed is programmed again even if unchanged.
+            if before == Some(&fe) && !self.incomplete.contains(&fe.key) {
                 now.push(fe);
                 continue;
             }
@@ -233,11 +241,13 @@ impl Sync {
             }
             match self.dataplane.upsert(fe.clone()) {
                 Ok(()) => {
+                    self.incomplete.remove(&fe.key);
                     self.claims.insert(fe.key, key.clone());
                     now.push(fe);
                 }
                 Err(e) => {
                     errors.push(format!("Service {key}{port}: {e}"));
+                    self.incomplete.insert(fe.key);
                     if self.dataplane.programmed(&fe.key).is_some() {
                         self.claims.insert(fe.key, key.clone());
                         now.push(fe);

@@ -75,7 +75,12 @@ fn socket(addr: &SocketAddr, ty: Type, proto: SockProto) -> io::Result<Socket> {
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
     }
-    s.set_reuse_address(true)?;
+    if ty == Type::STREAM {
+        // SO_REUSEPORT, not SO_REUSEADDR: it still binds over our own TIME_WAIT connections
+        // (they inherit the flag, same user), yet a bound-but-not-listening holder keeps
+        // ordinary SO_REUSEADDR servers off the nodePort, which SO_REUSEADDR would not.
+        s.set_reuse_port(true)?;
+    }
     Ok(s)
 }
 
@@ -105,7 +110,7 @@ fn buffers(s: &Socket, rcv: usize, snd: usize) {
 
 /// A TCP socket bound to a nodePort but not listening: it holds the port while the Service
 /// has no endpoint, and the kernel answers SYNs with RST (connection refused), as kube-proxy's
-/// REJECT rule does.
+/// REJECT rule does. Only another SO_REUSEPORT socket of the same user could share the port.
 pub fn tcp_hold(addr: SocketAddr) -> io::Result<Socket> {
     let s = socket(&addr, Type::STREAM, SockProto::TCP)?;
     s.bind(&SockAddr::from(addr))?;

@@ -170,16 +170,20 @@ impl Conduit {
     }
 
     /// Moves bytes from `src` to `dst` until neither can progress (edge-triggered safe).
+    /// `src_closed`: the source has signalled FIN, so reading must go on to EOF.
     pub fn pump(
         &mut self,
         src: RawFd,
         dst: RawFd,
         src_done: bool,
+        src_closed: bool,
         scratch: &mut [u8],
         buffers: &mut Buffers,
     ) -> io::Result<Pumped> {
         match self {
-            Self::Copy { stash } => pump_copy(stash, src, dst, src_done, scratch, buffers),
+            Self::Copy { stash } => {
+                pump_copy(stash, src, dst, src_done, src_closed, scratch, buffers)
+            }
             Self::Splice { pipe, pending } => pump_splice(pipe, pending, src, dst, src_done),
         }
     }
@@ -197,6 +201,7 @@ fn pump_copy(
     src: RawFd,
     dst: RawFd,
     src_done: bool,
+    src_closed: bool,
     scratch: &mut [u8],
     buffers: &mut Buffers,
 ) -> io::Result<Pumped> {
@@ -256,11 +261,14 @@ fn pump_copy(
             });
             return Ok(out);
         }
-        if n < scratch.len() {
-            // A short read drained the socket: more data will raise a new edge.
+        if n < scratch.len() && !src_closed {
+            // A short read drained the socket: more data will raise a new edge. A FIN that
+            // arrived with this data raised none, hence `src_closed`.
             return Ok(out);
         }
-        out.bulk = true;
+        if n == scratch.len() {
+            out.bulk = true;
+        }
     }
 }
 
@@ -364,6 +372,7 @@ mod tests {
                     proxy_in.as_raw_fd(),
                     proxy_out.as_raw_fd(),
                     eof,
+                    false,
                     &mut scratch,
                     &mut buffers,
                 )

@@ -22,6 +22,8 @@ use crate::model::{Family, Protocol};
 /// One direction of a relay.
 struct Half {
     conduit: Option<Conduit>,
+    /// The source has sent FIN (or failed): read until EOF, a short read proves nothing.
+    src_closed: bool,
     eof: bool,
     shut: bool,
 }
@@ -30,6 +32,7 @@ impl Half {
     fn new() -> Self {
         Self {
             conduit: None,
+            src_closed: false,
             eof: false,
             shut: false,
         }
@@ -239,17 +242,19 @@ impl Worker {
         upstream: bool,
         ev: &mio::event::Event,
     ) {
-        let connecting = matches!(
-            self.table.get_mut(id, generation),
-            Some((
-                _,
-                FlowIo::Tcp(TcpFlow {
-                    phase: Phase::Connecting { .. },
-                    ..
-                })
-            ))
-        );
-        if connecting {
+        let Some((_, FlowIo::Tcp(t))) = self.table.get_mut(id, generation) else {
+            return;
+        };
+        // A FIN that came with the last data raises no further edge: remember it, whatever
+        // the phase, so the relay reads through to EOF.
+        if ev.is_read_closed() || ev.is_error() {
+            if upstream {
+                t.down.src_closed = true;
+            } else {
+                t.up.src_closed = true;
+            }
+        }
+        if matches!(t.phase, Phase::Connecting { .. }) {
             if upstream {
                 self.connect_progress(id, generation);
             }
@@ -316,7 +321,12 @@ impl Worker {
         tried.push(failed);
         tracing::debug!(endpoint = %failed, service = %t.route.frontend.service, %error, "connect to endpoint failed");
         let tried = tried.clone();
-        let route = t.route.clone();
+        // Retry among the endpoints as they are now, not as they were when the flow began.
+        let route = self
+            .routes
+            .get(&entry.frontend)
+            .cloned()
+            .unwrap_or_else(|| t.route.clone());
         let family = t.family;
         let flow = FlowInfo {
             frontend: entry.frontend,
@@ -479,7 +489,14 @@ impl Io<'_> {
         if half.shut {
             return Ok(());
         }
-        let p = conduit.pump(src, dst, half.eof, self.scratch, self.buffers)?;
+        let p = conduit.pump(
+            src,
+            dst,
+            half.eof,
+            half.src_closed,
+            self.scratch,
+            self.buffers,
+        )?;
         half.eof = p.eof;
         if p.bytes > 0 {
             counters.bytes += p.bytes;

@@ -249,6 +249,11 @@ impl Store {
         addrs.len()
     }
 
+    /// Where a Service was defined (its file), for messages.
+    pub fn origin(&self, key: &ServiceKey) -> Option<&str> {
+        self.services.get(key).map(|(o, _)| o.as_str())
+    }
+
     /// The Service, if known.
     pub fn service(&self, key: &ServiceKey) -> Option<&Service> {
         self.services.get(key).map(|(_, s)| s)
