@@ -246,7 +246,8 @@ impl Sync {
                     now.push(fe);
                 }
                 Err(e) => {
-                    errors.push(format!("Service {key}{port}: {e}"));
+                    let origin = self.store.origin(key).unwrap_or("?");
+                    errors.push(format!("Service {key}{port} ({origin}): {e}"));
                     self.incomplete.insert(fe.key);
                     if self.dataplane.programmed(&fe.key).is_some() {
                         self.claims.insert(fe.key, key.clone());
