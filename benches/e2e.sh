@@ -43,6 +43,8 @@
 #                   the nodeportd path is skipped with a note if it is missing)
 #   NODEPORTD_ARGS  extra arguments for `nodeportd run`, e.g. "--workers 2"
 #   BENCH_KEEP      if 1, keep the temp dir with configs and logs
+#   BENCH_UDP_ARGS  extra iperf3 arguments for the UDP run, e.g. "-w 4M" (socket buffers of
+#                   4 MiB at both ends: the default ~200 KiB holds about 1 ms of 1 Gbit/s)
 #
 # Traffic goes only to 198.18.0.0/15 addresses inside the namespaces created
 # here (and to 127.0.0.1 inside the node namespace for nodeportd's admin port).
@@ -396,7 +398,8 @@ measure_path() { # path addr http_port iperf_port udp(yes|no)
 
     [[ $udp == yes ]] || return 0
     log "$path: iperf3 UDP"
-    if iperf_run "$path" udp "$addr" "$iport" -u -b 1G -l 1400; then
+    # shellcheck disable=SC2086  # BENCH_UDP_ARGS is a list of extra iperf3 arguments
+    if iperf_run "$path" udp "$addr" "$iport" -u -b 1G -l 1400 ${BENCH_UDP_ARGS:-}; then
         # Delivered = what the receiver got; iperf3 3.12 reports it in
         # end.sum_received, older ones only have end.sum (sender rate + loss).
         RES[$path.udp_mbps]=$(jq -r '(.end.sum_received.bits_per_second //

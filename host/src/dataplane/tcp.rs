@@ -213,6 +213,7 @@ impl Worker {
         };
         metrics.flows.inc();
         metrics.active.inc();
+        self.peers[self.index].load.add(1);
         if self.register_tcp(id, generation).is_err() {
             self.abort(id);
             return;

@@ -106,12 +106,38 @@ pub struct Handoff {
     pub(super) family: Family,
 }
 
+/// A worker's count of TCP flows, alone on its cache line: written by its worker only, read
+/// by the others when they place a new connection.
+#[repr(align(128))]
+#[derive(Default)]
+pub struct Load(std::sync::atomic::AtomicUsize);
+
+impl Load {
+    fn get(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(super) fn add(&self, delta: isize) {
+        if delta >= 0 {
+            self.0
+                .fetch_add(delta as usize, std::sync::atomic::Ordering::Relaxed);
+        } else {
+            self.0
+                .fetch_sub(delta.unsigned_abs(), std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// How far a worker's load may exceed another's before it hands a new connection over.
+const LOCAL_SLACK: usize = 8;
+
 /// How other threads reach a worker.
 #[derive(Clone)]
 pub struct Peer {
     pub(super) control: Sender<Control>,
     pub(super) handoff: Sender<Handoff>,
     pub(super) waker: Arc<Waker>,
+    pub(super) load: Arc<Load>,
 }
 
 impl Peer {
@@ -175,6 +201,7 @@ pub fn parts() -> io::Result<(Parts, Peer)> {
             control: ctl_tx,
             handoff: ho_tx,
             waker,
+            load: Arc::default(),
         },
     ))
 }
@@ -471,6 +498,7 @@ impl Worker {
         match io {
             FlowIo::Tcp(t) => {
                 t.route.metrics.active.dec();
+                self.peers[self.index].load.add(-1);
                 t.release(&mut self.pipes, &mut self.buffers);
             }
             FlowIo::Udp(u) => {
@@ -512,15 +540,29 @@ impl Worker {
     }
 
     /// The worker that carries a new TCP flow: by client IP when the frontend has affinity
-    /// (so one worker's affinity table sees all of a client's flows), else round-robin.
+    /// (so one worker's affinity table sees all of a client's flows). Otherwise the accepting
+    /// worker keeps it (no cross-thread hand-off, no wake-up) unless it carries more than
+    /// LOCAL_SLACK flows beyond the next peer in turn, which then gets it: load spreads as
+    /// soon as one worker falls behind.
     pub(super) fn carrier(&mut self, route: &Route, client: &SocketAddr) -> usize {
         let n = self.peers.len();
         if route.frontend.affinity.is_some() {
             use std::hash::BuildHasher;
             return (rustc_hash::FxBuildHasher.hash_one(client.ip()) % n as u64) as usize;
         }
+        if n == 1 {
+            return self.index;
+        }
         self.next_peer = (self.next_peer + 1) % n;
-        self.next_peer
+        if self.next_peer == self.index {
+            self.next_peer = (self.next_peer + 1) % n;
+        }
+        let mine = self.peers[self.index].load.get();
+        if mine > self.peers[self.next_peer].load.get() + LOCAL_SLACK {
+            self.next_peer
+        } else {
+            self.index
+        }
     }
 
     pub(super) fn registry(&self) -> &Registry {
