@@ -197,6 +197,9 @@ fn main() {
         max_flows_per_worker: 262_144,
         splice: true,
         bind: BindAddresses::resolve(&[cidr]).expect("addresses"),
+        preserve_source_v4: false,
+        preserve_source_v6: false,
+        node_ips: Vec::new(),
     };
     let metrics = Arc::new(Metrics::new());
     let dataplane = Dataplane::start(cfg, metrics.clone()).expect("dataplane");

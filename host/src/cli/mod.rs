@@ -105,6 +105,11 @@ pub struct RunArgs {
     /// Conntrack entries per worker; new flows beyond it are refused and counted.
     #[arg(long, default_value_t = 262_144)]
     pub max_flows_per_worker: usize,
+    /// externalTrafficPolicy Local: endpoints see the client's address, as with kube-proxy.
+    /// Programs an nftables mark rule and a policy route (needs CAP_NET_ADMIN, nft, ip) and
+    /// removes them on exit.
+    #[arg(long)]
+    pub preserve_source: bool,
     /// How TCP payload is relayed.
     #[arg(long, value_enum, default_value_t = RelayMode::Splice)]
     pub relay: RelayMode,

@@ -9,7 +9,8 @@ use super::{RelayMode, RunArgs};
 use crate::admin::health;
 use crate::admin::metrics::Metrics;
 use crate::admin::server::{self, AdminState};
-use crate::dataplane::listener::BindAddresses;
+use crate::dataplane::listener::{self, BindAddresses};
+use crate::dataplane::transparent::Transparent;
 use crate::dataplane::{Dataplane, DataplaneConfig};
 use crate::model::store::Store;
 use crate::model::{Family, NodeInfo};
@@ -42,6 +43,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .max(1);
     let bind =
         BindAddresses::resolve(&args.nodeport_addresses).context("cannot read node addresses")?;
+    let transparent = if args.preserve_source {
+        let t = Transparent::install().map_err(|e| anyhow::anyhow!("--preserve-source: {e}"))?;
+        tracing::info!("client source preserved for externalTrafficPolicy Local");
+        Some(t)
+    } else {
+        None
+    };
     let cfg = DataplaneConfig {
         workers,
         connect_timeout: args.connect_timeout,
@@ -52,6 +60,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         max_flows_per_worker: args.max_flows_per_worker.max(1),
         splice: args.relay == RelayMode::Splice,
         bind: bind.clone(),
+        preserve_source_v4: transparent.is_some(),
+        preserve_source_v6: transparent.as_ref().is_some_and(Transparent::covers_v6),
+        node_ips: if transparent.is_some() {
+            listener::node_ips()?
+        } else {
+            Vec::new()
+        },
     };
     tracing::info!(workers, node = %args.node_name, manifests = %args.manifests.display(), "starting nodeportd");
     let metrics = Arc::new(Metrics::new());

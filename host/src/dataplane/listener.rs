@@ -34,20 +34,10 @@ impl BindAddresses {
         }
         let mut v4 = Vec::new();
         let mut v6 = Vec::new();
-        for ifa in nix::ifaddrs::getifaddrs()? {
-            let Some(addr) = ifa.address else { continue };
-            let ip = if let Some(sin) = addr.as_sockaddr_in() {
-                IpAddr::V4(sin.ip())
-            } else if let Some(sin6) = addr.as_sockaddr_in6() {
-                let ip = sin6.ip();
-                if ip.is_unicast_link_local() {
-                    continue; // needs a scope id; kube-proxy skips these as well
-                }
-                IpAddr::V6(ip)
-            } else {
-                continue;
-            };
-            if cidrs.iter().any(|c| c.contains(&ip)) {
+        for ip in node_ips()? {
+            // IPv6 link-local addresses need a scope id; kube-proxy skips them as well.
+            let link_local = matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local());
+            if !link_local && cidrs.iter().any(|c| c.contains(&ip)) {
                 let list = if ip.is_ipv4() { &mut v4 } else { &mut v6 };
                 if !list.contains(&ip) {
                     list.push(ip);
@@ -108,6 +98,20 @@ fn buffers(s: &Socket, rcv: usize, snd: usize) {
     }
 }
 
+/// Every address on this node's interfaces (read once).
+pub fn node_ips() -> io::Result<Vec<IpAddr>> {
+    let mut out = Vec::new();
+    for ifa in nix::ifaddrs::getifaddrs()? {
+        let Some(addr) = ifa.address else { continue };
+        if let Some(sin) = addr.as_sockaddr_in() {
+            out.push(IpAddr::V4(sin.ip()));
+        } else if let Some(sin6) = addr.as_sockaddr_in6() {
+            out.push(IpAddr::V6(sin6.ip()));
+        }
+    }
+    Ok(out)
+}
+
 /// A TCP socket bound to a nodePort but not listening: it holds the port while the Service
 /// has no endpoint, and the kernel answers SYNs with RST (connection refused), as kube-proxy's
 /// REJECT rule does. Only another SO_REUSEPORT socket of the same user could share the port.
@@ -135,25 +139,39 @@ pub fn udp_bind(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
 
 /// A connected, non-blocking UDP socket towards an endpoint: one per UDP flow, so replies
 /// find their flow by socket and the endpoint sees one stable source port per client.
-pub fn udp_upstream(endpoint: SocketAddr) -> io::Result<std::net::UdpSocket> {
+/// With `source`, the socket is transparent and bound to that (client) address.
+pub fn udp_upstream(
+    endpoint: SocketAddr,
+    source: Option<IpAddr>,
+) -> io::Result<std::net::UdpSocket> {
     let s = Socket::new(
         Domain::for_address(endpoint),
         Type::DGRAM.nonblocking().cloexec(),
         Some(SockProto::UDP),
     )?;
     buffers(&s, 1 << 20, 4 << 20);
+    if let Some(ip) = source {
+        super::transparent::bind_as(&s, ip)?;
+    }
     s.connect(&SockAddr::from(endpoint))?;
     Ok(s.into())
 }
 
-/// Starts a non-blocking TCP connect towards an endpoint.
-pub fn tcp_connect(endpoint: SocketAddr) -> io::Result<std::net::TcpStream> {
+/// Starts a non-blocking TCP connect towards an endpoint; with `source`, from that (client)
+/// address through a transparent socket.
+pub fn tcp_connect(
+    endpoint: SocketAddr,
+    source: Option<IpAddr>,
+) -> io::Result<std::net::TcpStream> {
     let s = Socket::new(
         Domain::for_address(endpoint),
         Type::STREAM.nonblocking().cloexec(),
         Some(SockProto::TCP),
     )?;
     s.set_tcp_nodelay(true)?;
+    if let Some(ip) = source {
+        super::transparent::bind_as(&s, ip)?;
+    }
     match s.connect(&SockAddr::from(endpoint)) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}

@@ -8,6 +8,7 @@ pub mod listener;
 pub mod pktinfo;
 pub mod relay;
 mod tcp;
+pub mod transparent;
 mod udp;
 pub mod worker;
 
@@ -53,6 +54,13 @@ pub struct DataplaneConfig {
     pub splice: bool,
     /// Node addresses to bind.
     pub bind: BindAddresses,
+    /// Local-policy IPv4 flows reach endpoints from the client's address (see `transparent`).
+    pub preserve_source_v4: bool,
+    /// The same for IPv6.
+    pub preserve_source_v6: bool,
+    /// This node's own addresses: endpoints there (host-network pods) keep the node address,
+    /// since their replies would never pass prerouting.
+    pub node_ips: Vec<std::net::IpAddr>,
 }
 
 enum SocketState {

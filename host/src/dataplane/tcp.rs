@@ -168,7 +168,7 @@ impl Worker {
                 reset(&h.stream);
                 return;
             };
-            match tcp_connect(addr) {
+            match tcp_connect(addr, self.source_for(&route, &h.client, &addr)) {
                 Ok(s) => break (addr, mio::net::TcpStream::from_std(s)),
                 Err(e) => {
                     tracing::debug!(endpoint = %addr, error = %e, "connect failed at once");
@@ -340,7 +340,7 @@ impl Worker {
             let Some(addr) = self.pick(&route, family, &flow, &tried_now) else {
                 break;
             };
-            match tcp_connect(addr) {
+            match tcp_connect(addr, self.source_for(&route, &flow.client, &addr)) {
                 Ok(s) => {
                     next = Some((addr, mio::net::TcpStream::from_std(s)));
                     break;

@@ -94,14 +94,15 @@ impl Worker {
             route.metrics.refuse(Refusal::NoEndpoint);
             return None;
         };
-        let upstream = match udp_upstream(endpoint) {
-            Ok(s) => mio::net::UdpSocket::from_std(s),
-            Err(e) => {
-                tracing::debug!(%endpoint, error = %e, "cannot open UDP socket to endpoint");
-                route.metrics.refuse(Refusal::Dropped);
-                return None;
-            }
-        };
+        let upstream =
+            match udp_upstream(endpoint, self.source_for(&route, &tuple.client, &endpoint)) {
+                Ok(s) => mio::net::UdpSocket::from_std(s),
+                Err(e) => {
+                    tracing::debug!(%endpoint, error = %e, "cannot open UDP socket to endpoint");
+                    route.metrics.refuse(Refusal::Dropped);
+                    return None;
+                }
+            };
         let entry = Entry {
             tuple,
             frontend: key,

@@ -565,6 +565,25 @@ impl Worker {
         }
     }
 
+    /// The address an upstream socket binds to: the client's for externalTrafficPolicy Local
+    /// when source preservation is on (and the endpoint is not in the node's own namespace,
+    /// where replies would never pass prerouting), else none (the node's address).
+    pub(super) fn source_for(
+        &self,
+        route: &Route,
+        client: &SocketAddr,
+        endpoint: &SocketAddr,
+    ) -> Option<std::net::IpAddr> {
+        let on = match client {
+            SocketAddr::V4(_) => self.cfg.preserve_source_v4,
+            SocketAddr::V6(_) => self.cfg.preserve_source_v6,
+        };
+        let host_network =
+            endpoint.ip().is_loopback() || self.cfg.node_ips.contains(&endpoint.ip());
+        (on && route.frontend.policy == crate::model::TrafficPolicy::Local && !host_network)
+            .then_some(client.ip())
+    }
+
     pub(super) fn registry(&self) -> &Registry {
         self.poll.registry()
     }
