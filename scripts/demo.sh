@@ -59,6 +59,10 @@ for i in 1 2 3; do
   python3 "$work/backend.py" "backend-$i" "127.0.0.1$i" & pids+=($!)
 done
 
+for i in 1 2 3; do  # backends up before traffic is sent
+  for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1$i:8080/" && break; sleep 0.1; done
+done
+
 echo "== starting nodeportd on deploy/examples (nodePorts on 127.0.0.0/8)"
 "$bin" run --manifests "$root/deploy/examples" --node-name demo-node \
   --nodeport-addresses 127.0.0.0/8 --admin-address 127.0.0.1:10256 \

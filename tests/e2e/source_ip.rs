@@ -1,5 +1,5 @@
 //! externalTrafficPolicy Local keeps the client's address visible to the endpoint (with
-//! --preserve-source), as kube-proxy does; Cluster shows the node's address. A client
+//! --preserve-source on), as kube-proxy does; Cluster shows the node's address. A client
 //! namespace and a "pod" namespace hang off the node (the root namespace) by veth pairs; the
 //! pod's backends report the peer address they see.
 
@@ -92,6 +92,7 @@ fn local_policy_endpoints_see_the_client_address() {
             "--nodeport-addresses",
             &only,
             "--preserve-source",
+            "on",
         ],
     );
 

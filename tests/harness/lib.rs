@@ -274,6 +274,10 @@ impl Daemon {
         if !extra.contains(&"--node-name") {
             cmd.args(["--node-name", NODE]);
         }
+        // Source preservation programs the namespace's routing: only the test about it asks.
+        if !extra.contains(&"--preserve-source") {
+            cmd.args(["--preserve-source", "off"]);
+        }
         cmd.args(extra)
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")

@@ -38,6 +38,17 @@ pub enum RelayMode {
     Copy,
 }
 
+/// Whether Local flows keep the client's source address.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PreserveSource {
+    /// On when the node allows it, else a warning.
+    Auto,
+    /// Required: start fails without it.
+    On,
+    /// Endpoints see the node's address.
+    Off,
+}
+
 /// Log output format.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -106,10 +117,11 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 262_144)]
     pub max_flows_per_worker: usize,
     /// externalTrafficPolicy Local: endpoints see the client's address, as with kube-proxy.
-    /// Programs an nftables mark rule and a policy route (needs CAP_NET_ADMIN, nft, ip) and
-    /// removes them on exit.
-    #[arg(long)]
-    pub preserve_source: bool,
+    /// Programs an nftables mark rule and a policy route in this network namespace (needs
+    /// CAP_NET_ADMIN, nft, ip) and removes them on exit. auto: on where possible, with a
+    /// warning where not; on: refuse to start without it.
+    #[arg(long, value_enum, default_value_t = PreserveSource::Auto)]
+    pub preserve_source: PreserveSource,
     /// How TCP payload is relayed.
     #[arg(long, value_enum, default_value_t = RelayMode::Splice)]
     pub relay: RelayMode,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use super::{RelayMode, RunArgs};
+use super::{PreserveSource, RelayMode, RunArgs};
 use crate::admin::health;
 use crate::admin::metrics::Metrics;
 use crate::admin::server::{self, AdminState};
@@ -43,13 +43,22 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .max(1);
     let bind =
         BindAddresses::resolve(&args.nodeport_addresses).context("cannot read node addresses")?;
-    let transparent = if args.preserve_source {
-        let t = Transparent::install().map_err(|e| anyhow::anyhow!("--preserve-source: {e}"))?;
-        tracing::info!("client source preserved for externalTrafficPolicy Local");
-        Some(t)
-    } else {
-        None
+    let transparent = match args.preserve_source {
+        PreserveSource::Off => None,
+        PreserveSource::On => {
+            Some(Transparent::install().map_err(|e| anyhow::anyhow!("--preserve-source on: {e}"))?)
+        }
+        PreserveSource::Auto => match Transparent::install() {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!(error = %e, "client source not preserved for externalTrafficPolicy Local (endpoints see the node address)");
+                None
+            }
+        },
     };
+    if transparent.is_some() {
+        tracing::info!("client source preserved for externalTrafficPolicy Local");
+    }
     let cfg = DataplaneConfig {
         workers,
         connect_timeout: args.connect_timeout,
