@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! nodeportd: a Kubernetes NodePort dataplane in userspace with its own conntrack.
 //!
 //! Data flows one way: `source` (manifests) -> `model` (store, frontends) -> `sync` ->

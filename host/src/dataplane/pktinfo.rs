@@ -1,18 +1,12 @@
 //! UDP on wildcard or multi-address sockets: learn which node address a datagram was sent to
 //! (IP_PKTINFO / IPV6_PKTINFO) and send the reply from that same address, so the client sees
-//! the answer come from where it sent. Written on libc with stack buffers: nothing is
-//! allocated per datagram.
+//! the answer come from where it sent. The control-message and address helpers here serve the
+//! batched I/O in `batch`, whose buffers are allocated once: nothing per datagram.
 
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::RawFd;
-
-/// Space for one pktinfo control message of either family.
-const CMSG_BYTES: usize = 64;
-
-#[repr(C, align(8))]
-struct CmsgBuf([u8; CMSG_BYTES]);
 
 /// Asks the kernel to report destination addresses on this socket.
 pub fn enable(fd: RawFd, v6: bool) -> io::Result<()> {
@@ -103,39 +97,6 @@ pub struct Received {
     pub to: Option<IpAddr>,
 }
 
-/// recvmsg with the destination address.
-pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<Received> {
-    // SAFETY: zeroed storage and msghdr are valid initial values; all pointers below point
-    // into locals that outlive the syscall.
-    unsafe {
-        let mut ss: libc::sockaddr_storage = zeroed();
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        let mut cmsg = CmsgBuf([0; CMSG_BYTES]);
-        let mut msg: libc::msghdr = zeroed();
-        msg.msg_name = (&mut ss as *mut libc::sockaddr_storage).cast();
-        msg.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cmsg.0.as_mut_ptr().cast();
-        msg.msg_controllen = CMSG_BYTES as _;
-        let n = libc::recvmsg(fd, &mut msg, 0);
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let from = from_storage(&ss)
-            .ok_or_else(|| io::Error::other("datagram from an unknown address family"))?;
-        let to = destination(&msg);
-        Ok(Received {
-            len: n as usize,
-            from,
-            to,
-        })
-    }
-}
-
 /// The destination address carried by a received message's pktinfo, if any.
 ///
 /// # Safety
@@ -192,38 +153,10 @@ pub unsafe fn write_source(buf: &mut [u8], src: IpAddr) -> usize {
     }
 }
 
-/// sendmsg to `to`, from the local address `from` when given.
-pub fn send(fd: RawFd, buf: &[u8], from: Option<IpAddr>, to: &SocketAddr) -> io::Result<usize> {
-    // SAFETY: as in recv: every pointer refers to a local that outlives the syscall, and the
-    // control buffer is large and aligned enough for one pktinfo message.
-    unsafe {
-        let (mut ss, sslen) = to_storage(to);
-        let mut iov = libc::iovec {
-            iov_base: buf.as_ptr() as *mut _,
-            iov_len: buf.len(),
-        };
-        let mut cmsg = CmsgBuf([0; CMSG_BYTES]);
-        let mut msg: libc::msghdr = zeroed();
-        msg.msg_name = (&mut ss as *mut libc::sockaddr_storage).cast();
-        msg.msg_namelen = sslen;
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        if let Some(src) = from {
-            let len = write_source(&mut cmsg.0, src);
-            msg.msg_control = cmsg.0.as_mut_ptr().cast();
-            msg.msg_controllen = len as _;
-        }
-        let n = libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL);
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(n as usize)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dataplane::batch::Batch;
     use std::os::fd::AsRawFd;
 
     #[test]
@@ -234,16 +167,27 @@ mod tests {
         let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         client.connect(("127.0.0.3", port)).unwrap();
         client.send(b"ping").unwrap();
-        let mut buf = [0u8; 64];
-        let r = recv(server.as_raw_fd(), &mut buf).unwrap();
-        assert_eq!(&buf[..r.len], b"ping");
+        client.send(b"pong?").unwrap();
+        let mut batch = Batch::new();
+        let mut got = 0;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while got < 2 && std::time::Instant::now() < deadline {
+            got += batch.recv(server.as_raw_fd()).unwrap_or(0);
+        }
+        assert_eq!(got, 2, "both datagrams arrive in one batch or two");
+        let r = batch.meta(0).unwrap();
+        assert_eq!(batch.payload(0), b"ping");
         assert_eq!(r.to, Some("127.0.0.3".parse().unwrap()));
-        send(server.as_raw_fd(), b"pong", r.to, &r.from).unwrap();
+        let sent = batch
+            .send(server.as_raw_fd(), 0..1, Some(&r.from), r.to)
+            .unwrap();
+        assert_eq!(sent, 1);
         // The client is connected to 127.0.0.3: it only accepts the reply if it came from there.
         client
             .set_read_timeout(Some(std::time::Duration::from_secs(5)))
             .unwrap();
+        let mut buf = [0u8; 64];
         let n = client.recv(&mut buf).unwrap();
-        assert_eq!(&buf[..n], b"pong");
+        assert_eq!(&buf[..n], b"ping");
     }
 }
