@@ -157,29 +157,16 @@ impl Worker {
             node: h.node,
         };
         let mut tried = Vec::new();
-        let (endpoint, upstream) = loop {
-            let Some(addr) = self.pick(&route, h.family, &flow, &tried) else {
-                let why = if tried.is_empty() {
-                    Refusal::NoEndpoint
-                } else {
-                    Refusal::ConnectFailed
-                };
-                route.metrics.refuse(why);
-                reset(&h.stream);
-                return;
+        let Some((endpoint, upstream)) = self.connect_next(&route, h.family, &flow, &mut tried)
+        else {
+            let why = if tried.is_empty() {
+                Refusal::NoEndpoint
+            } else {
+                Refusal::ConnectFailed
             };
-            match tcp_connect(addr, self.source_for(&route, &h.client, &addr)) {
-                Ok(s) => break (addr, mio::net::TcpStream::from_std(s)),
-                Err(e) => {
-                    tracing::debug!(endpoint = %addr, error = %e, "connect failed at once");
-                    tried.push(addr);
-                    if tried.len() >= self.cfg.connect_attempts {
-                        route.metrics.refuse(Refusal::ConnectFailed);
-                        reset(&h.stream);
-                        return;
-                    }
-                }
-            }
+            route.metrics.refuse(why);
+            reset(&h.stream);
+            return;
         };
         let _ = h.stream.set_nodelay(true);
         let entry = Entry {
@@ -218,6 +205,32 @@ impl Worker {
             self.abort(id);
             return;
         }
+        self.arm_connect_timer(id, generation);
+    }
+
+    /// Picks endpoints (never one in `tried`) and starts a connect to the first that takes
+    /// one, until `--connect-attempts` endpoints were tried. Failures are added to `tried`.
+    fn connect_next(
+        &mut self,
+        route: &Route,
+        family: Family,
+        flow: &FlowInfo,
+        tried: &mut Vec<SocketAddr>,
+    ) -> Option<(SocketAddr, mio::net::TcpStream)> {
+        while tried.len() < self.cfg.connect_attempts {
+            let addr = self.pick(route, family, flow, tried)?;
+            match tcp_connect(addr, self.source_for(route, &flow.client, &addr)) {
+                Ok(s) => return Some((addr, mio::net::TcpStream::from_std(s))),
+                Err(e) => {
+                    tracing::debug!(endpoint = %addr, error = %e, "connect failed at once");
+                    tried.push(addr);
+                }
+            }
+        }
+        None
+    }
+
+    fn arm_connect_timer(&mut self, id: FlowId, generation: u32) {
         self.connect_timers.push(Reverse((
             self.now + self.cfg.connect_timeout,
             id,
@@ -334,20 +347,8 @@ impl Worker {
             client: entry.tuple.client,
             node: entry.tuple.node,
         };
-        let mut next = None;
         let mut tried_now = tried;
-        while tried_now.len() < self.cfg.connect_attempts {
-            let Some(addr) = self.pick(&route, family, &flow, &tried_now) else {
-                break;
-            };
-            match tcp_connect(addr, self.source_for(&route, &flow.client, &addr)) {
-                Ok(s) => {
-                    next = Some((addr, mio::net::TcpStream::from_std(s)));
-                    break;
-                }
-                Err(_) => tried_now.push(addr),
-            }
-        }
+        let next = self.connect_next(&route, family, &flow, &mut tried_now);
         let Some((addr, mut stream)) = next else {
             route.metrics.refuse(Refusal::ConnectFailed);
             tracing::info!(service = %route.frontend.service, client = %flow.client, "no endpoint accepted the connection; resetting client");
@@ -372,11 +373,7 @@ impl Worker {
             self.abort(id);
             return;
         }
-        self.connect_timers.push(Reverse((
-            self.now + self.cfg.connect_timeout,
-            id,
-            generation,
-        )));
+        self.arm_connect_timer(id, generation);
     }
 
     fn established(&mut self, id: FlowId, generation: u32) {
