@@ -7,6 +7,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
+use std::time::Duration;
 
 use mio::Interest;
 
@@ -18,6 +19,9 @@ use super::Route;
 use crate::admin::metrics::Refusal;
 use crate::balance::FlowInfo;
 use crate::model::{Family, Protocol};
+
+/// Pause before accepting again after accept failed for lack of resources.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 /// One direction of a relay.
 struct Half {
@@ -108,7 +112,17 @@ impl Worker {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
                 Err(e) => {
-                    tracing::warn!(worker = self.index, frontend = %key, error = %e, "accept failed");
+                    // Out of descriptors or memory: connections stay queued, and with
+                    // edge-triggered readiness no new event may come for them. Try again soon.
+                    if self
+                        .accept_warned
+                        .is_none_or(|t| self.now >= t + Duration::from_secs(1))
+                    {
+                        tracing::warn!(worker = self.index, frontend = %key, error = %e, "accept failed; retrying");
+                        self.accept_warned = Some(self.now);
+                    }
+                    let id = l.id;
+                    self.accept_retry.push((self.now + ACCEPT_RETRY, id));
                     return;
                 }
             };

@@ -172,6 +172,10 @@ pub struct Worker {
     pub(super) buf: Box<[u8]>,
     pub(super) batch: Box<Batch>,
     pub(super) now: Instant,
+    /// Listeners (by control id) to accept on again, and when.
+    pub(super) accept_retry: Vec<(Instant, u64)>,
+    /// Last accept-failure warning (at most one a second).
+    pub(super) accept_warned: Option<Instant>,
     control: Receiver<Control>,
     inbox: Receiver<Handoff>,
     shutdown: Option<Instant>,
@@ -230,6 +234,8 @@ impl Worker {
             buf: vec![0u8; 65536].into_boxed_slice(),
             batch: Box::new(Batch::new()),
             now,
+            accept_retry: Vec::new(),
+            accept_warned: None,
             control: parts.control,
             inbox: parts.inbox,
             shutdown: None,
@@ -288,6 +294,9 @@ impl Worker {
             next = next.min(d);
         }
         if let Some(d) = self.shutdown {
+            next = next.min(d);
+        }
+        if let Some(d) = self.accept_retry.iter().map(|(t, _)| *t).min() {
             next = next.min(d);
         }
         // Measured from the loop's clock reading: one clock read per round (it can be a real
@@ -474,6 +483,22 @@ impl Worker {
             }
             self.connect_timers.pop();
             self.connect_timed_out(id, generation);
+        }
+        if !self.accept_retry.is_empty() {
+            let now = self.now;
+            let (due, later): (Vec<_>, Vec<_>) =
+                self.accept_retry.drain(..).partition(|(t, _)| *t <= now);
+            self.accept_retry = later;
+            for (_, id) in due {
+                let idx = self
+                    .listeners
+                    .iter()
+                    .find(|(_, l)| l.id == id)
+                    .map(|(i, _)| i);
+                if let Some(idx) = idx {
+                    self.accept(idx);
+                }
+            }
         }
         while let Some(id) = self.table.pop_expired(self.now) {
             self.close_flow(id);
