@@ -111,7 +111,13 @@ impl Sync {
             match events.recv_timeout(RETRY_EVERY) {
                 Ok(Event::Source(ev)) => self.on_source(ev),
                 Ok(Event::Shutdown(grace)) => break grace,
-                Err(RecvTimeoutError::Timeout) => self.retry_pending(),
+                Err(RecvTimeoutError::Timeout) => {
+                    for e in self.dataplane.refresh_addresses() {
+                        self.metrics.config_errors.inc();
+                        tracing::error!(error = %e, "nodePort not bound on a new node address");
+                    }
+                    self.retry_pending();
+                }
                 Err(RecvTimeoutError::Disconnected) => break Duration::ZERO,
             }
         };

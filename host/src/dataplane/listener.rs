@@ -18,6 +18,7 @@ const BACKLOG: i32 = 4096;
 /// The node addresses nodePorts are bound to, per family.
 #[derive(Clone, Debug)]
 pub struct BindAddresses {
+    cidrs: Vec<IpNet>,
     v4: Vec<IpAddr>,
     v6: Vec<IpAddr>,
 }
@@ -28,6 +29,7 @@ impl BindAddresses {
     pub fn resolve(cidrs: &[IpNet]) -> io::Result<Self> {
         if cidrs.is_empty() {
             return Ok(Self {
+                cidrs: Vec::new(),
                 v4: vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)],
                 v6: vec![IpAddr::V6(Ipv6Addr::UNSPECIFIED)],
             });
@@ -44,7 +46,26 @@ impl BindAddresses {
                 }
             }
         }
-        Ok(Self { v4, v6 })
+        Ok(Self {
+            cidrs: cidrs.to_vec(),
+            v4,
+            v6,
+        })
+    }
+
+    /// Reads the interface addresses again (kube-proxy follows node address changes too):
+    /// Some(new set) when it differs. Wildcards never change.
+    pub fn refresh(&self) -> io::Result<Option<Self>> {
+        if self.cidrs.is_empty() {
+            return Ok(None);
+        }
+        let mut now = Self::resolve(&self.cidrs)?;
+        now.v4.sort();
+        now.v6.sort();
+        let (mut v4, mut v6) = (self.v4.clone(), self.v6.clone());
+        v4.sort();
+        v6.sort();
+        Ok((now.v4 != v4 || now.v6 != v6).then_some(now))
     }
 
     /// Addresses of one family.

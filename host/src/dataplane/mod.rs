@@ -84,13 +84,14 @@ struct Programmed {
 
 /// The control-side handle of the dataplane.
 pub struct Dataplane {
-    cfg: Arc<DataplaneConfig>,
     peers: Arc<[Peer]>,
     threads: Vec<JoinHandle<()>>,
     programmed: HashMap<FrontendKey, Programmed>,
     next_id: u64,
     metrics: Arc<Metrics>,
     open_sockets: i64,
+    /// Node addresses in use (re-read by `refresh_addresses`).
+    bind: BindAddresses,
 }
 
 /// A cheap handle for reading the conntrack table from another thread (the admin server).
@@ -123,6 +124,7 @@ impl ConntrackReader {
 impl Dataplane {
     /// Starts the workers.
     pub fn start(cfg: DataplaneConfig, metrics: Arc<Metrics>) -> std::io::Result<Self> {
+        let bind = cfg.bind.clone();
         let cfg = Arc::new(cfg);
         let mut parts = Vec::new();
         let mut peers = Vec::new();
@@ -142,13 +144,13 @@ impl Dataplane {
             );
         }
         Ok(Self {
-            cfg,
             peers,
             threads,
             programmed: HashMap::new(),
             next_id: 1,
             metrics,
             open_sockets: 0,
+            bind,
         })
     }
 
@@ -190,8 +192,7 @@ impl Dataplane {
             .iter()
             .flat_map(|fam| {
                 let serve = !route.frontend.backends(*fam).is_empty();
-                self.cfg
-                    .bind
+                self.bind
                     .of(*fam)
                     .iter()
                     .map(move |ip| (SocketAddr::new(*ip, key.node_port), serve))
@@ -231,6 +232,30 @@ impl Dataplane {
         } else {
             Err(format!("cannot bind nodePort: {}", errors.join("; ")))
         }
+    }
+
+    /// Re-reads the node addresses (with --nodeport-addresses) and, when they changed,
+    /// rebinds every frontend on the new set. Returns what could not be bound.
+    pub fn refresh_addresses(&mut self) -> Vec<String> {
+        let now = match self.bind.refresh() {
+            Ok(Some(now)) => now,
+            Ok(None) => return Vec::new(),
+            Err(e) => return vec![format!("cannot read node addresses: {e}")],
+        };
+        tracing::info!(v4 = ?now.of(crate::model::Family::V4), v6 = ?now.of(crate::model::Family::V6), "node addresses changed; rebinding nodePorts");
+        self.bind = now;
+        let frontends: Vec<Frontend> = self
+            .programmed
+            .values()
+            .map(|p| p.route.frontend.clone())
+            .collect();
+        frontends
+            .into_iter()
+            .filter_map(|fe| {
+                let name = format!("Service {} port {:?}", fe.service, fe.port_name);
+                self.upsert(fe).err().map(|e| format!("{name}: {e}"))
+            })
+            .collect()
     }
 
     /// Removes a frontend: its sockets close (the port is released), its UDP flows are
