@@ -22,6 +22,8 @@ use crate::model::{Family, Protocol};
 
 /// Pause before accepting again after accept failed for lack of resources.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+/// Connections accepted per listener before other events get their turn.
+const ACCEPT_BATCH: usize = 64;
 
 /// One direction of a relay.
 struct Half {
@@ -98,9 +100,11 @@ fn reset(stream: &mio::net::TcpStream) {
 }
 
 impl Worker {
-    /// Accepts every pending connection of a TCP listener and routes each to its carrier.
+    /// Accepts the pending connections of a TCP listener and routes each to its carrier. After
+    /// ACCEPT_BATCH it yields to the other events and comes back on the next round, so a
+    /// connection storm on one port cannot starve established flows.
     pub(super) fn accept(&mut self, idx: usize) {
-        loop {
+        for _ in 0..ACCEPT_BATCH {
             let Some(l) = self.listeners.get(idx) else {
                 return;
             };
@@ -156,6 +160,10 @@ impl Worker {
                 // That worker is backed up: carry the flow here rather than drop it.
                 Err(e) => self.start_tcp(e.into_inner()),
             }
+        }
+        // Batch used up: more may be queued, and no new edge will say so.
+        if let Some(l) = self.listeners.get(idx) {
+            self.accept_retry.push((self.now, l.id));
         }
     }
 
