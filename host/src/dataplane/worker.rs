@@ -364,7 +364,16 @@ impl Worker {
                 {
                     self.affinity.forget_frontend(key);
                 }
-                self.clear_udp_flows(key, Some(&route));
+                // Only an endpoint that stopped serving costs a scan of the shard.
+                let lost = old.as_ref().is_some_and(|o| {
+                    o.frontend
+                        .serving
+                        .iter()
+                        .any(|a| !route.frontend.is_serving(a))
+                });
+                if lost {
+                    self.clear_udp_flows(key, Some(&route));
+                }
             }
             Control::Route(key, None) => {
                 self.routes.remove(&key);
