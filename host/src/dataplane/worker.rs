@@ -382,11 +382,7 @@ impl Worker {
             }
             Control::AddListener { id, key, socket } => self.add_listener(id, key, socket),
             Control::RemoveListener { id, done } => {
-                let idx = self
-                    .listeners
-                    .iter()
-                    .find(|(_, l)| l.id == id)
-                    .map(|(i, _)| i);
+                let idx = self.listener_index(id);
                 if let Some(idx) = idx {
                     self.close_listener(idx);
                 }
@@ -406,6 +402,14 @@ impl Worker {
                 self.shutdown = Some(deadline);
             }
         }
+    }
+
+    /// The slab index of the listener with control id `id`.
+    fn listener_index(&self, id: u64) -> Option<usize> {
+        self.listeners
+            .iter()
+            .find(|(_, l)| l.id == id)
+            .map(|(i, _)| i)
     }
 
     fn add_listener(&mut self, id: u64, key: FrontendKey, socket: ListenerSocket) {
@@ -499,11 +503,7 @@ impl Worker {
                 self.accept_retry.drain(..).partition(|(t, _)| *t <= now);
             self.accept_retry = later;
             for (_, id) in due {
-                let idx = self
-                    .listeners
-                    .iter()
-                    .find(|(_, l)| l.id == id)
-                    .map(|(i, _)| i);
+                let idx = self.listener_index(id);
                 if let Some(idx) = idx {
                     self.accept(idx);
                 }
