@@ -51,14 +51,7 @@ fn queued_connections_are_served_once_descriptors_free_up() {
     }
     let b = TcpBackend::local("b");
     let np = node_port();
-    let m = Manifests::new();
-    m.write(
-        "svc.yaml",
-        &docs(&[
-            Service::new("fd").tcp("http", np).yaml(),
-            slices("fd", "http", "TCP", &[b.addr()]),
-        ]),
-    );
+    let m = one_tcp_service("fd", np, &b);
     let d = Daemon::start(m.path(), &LO_ONLY);
     let pid = d.pid();
     let open = std::fs::read_dir(format!("/proc/{pid}/fd"))

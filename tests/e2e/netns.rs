@@ -19,14 +19,7 @@ fn client_in_another_namespace_reaches_the_node_address() {
     );
     let b = TcpBackend::local("b");
     let np = node_port();
-    let m = Manifests::new();
-    m.write(
-        "svc.yaml",
-        &docs(&[
-            Service::new("far").tcp("http", np).yaml(),
-            slices("far", "http", "TCP", &[b.addr()]),
-        ]),
-    );
+    let m = one_tcp_service("far", np, &b);
     let only = format!("{}/32", ns.root_ip());
     let d = Daemon::start(m.path(), &["--nodeport-addresses", &only]);
 

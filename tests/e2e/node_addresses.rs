@@ -48,14 +48,7 @@ fn an_address_added_after_start_gets_the_node_ports() {
     }
     let b = TcpBackend::local("b");
     let np = node_port();
-    let m = Manifests::new();
-    m.write(
-        "svc.yaml",
-        &docs(&[
-            Service::new("late").tcp("http", np).yaml(),
-            slices("late", "http", "TCP", &[b.addr()]),
-        ]),
-    );
+    let m = one_tcp_service("late", np, &b);
     let d = Daemon::start(m.path(), &["--nodeport-addresses", &format!("{ip}/32")]);
     let target = SocketAddr::new(IpAddr::V4(ip), np);
     let _address = LoAddress::add(ip);

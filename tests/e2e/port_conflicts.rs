@@ -14,14 +14,7 @@ fn busy_port_of_a_new_service_is_served_once_free() {
     let b = TcpBackend::local("b");
     let np = node_port();
     let squatter = TcpListener::bind(lo(np)).expect("take the port first");
-    let m = Manifests::new();
-    m.write(
-        "svc.yaml",
-        &docs(&[
-            Service::new("late").tcp("http", np).yaml(),
-            slices("late", "http", "TCP", &[b.addr()]),
-        ]),
-    );
+    let m = one_tcp_service("late", np, &b);
     let d = Daemon::start(m.path(), &LO_ONLY);
     wait_for(SETTLE, "the bind error to be logged", || {
         let log = d.log();

@@ -9,14 +9,7 @@ use nodeportd_e2e::*;
 fn sigterm_drains_open_flows_then_exits_zero() {
     let b = TcpBackend::local("b");
     let np = node_port();
-    let m = Manifests::new();
-    m.write(
-        "svc.yaml",
-        &docs(&[
-            Service::new("bye").tcp("http", np).yaml(),
-            slices("bye", "http", "TCP", &[b.addr()]),
-        ]),
-    );
+    let m = one_tcp_service("bye", np, &b);
     let mut d = Daemon::start(
         m.path(),
         &[
@@ -61,14 +54,7 @@ fn sigterm_drains_open_flows_then_exits_zero() {
 fn sigterm_grace_period_ends_stuck_flows() {
     let b = TcpBackend::local("b");
     let np = node_port();
-    let m = Manifests::new();
-    m.write(
-        "svc.yaml",
-        &docs(&[
-            Service::new("stuck").tcp("http", np).yaml(),
-            slices("stuck", "http", "TCP", &[b.addr()]),
-        ]),
-    );
+    let m = one_tcp_service("stuck", np, &b);
     let mut d = Daemon::start(
         m.path(),
         &[

@@ -150,14 +150,7 @@ fn bulk(relay: &str) {
     const SIZE: usize = 8 << 20;
     let b = TcpBackend::local("bulk");
     let np = node_port();
-    let m = Manifests::new();
-    m.write(
-        "svc.yaml",
-        &docs(&[
-            Service::new("bulk").tcp("http", np).yaml(),
-            slices("bulk", "http", "TCP", &[b.addr()]),
-        ]),
-    );
+    let m = one_tcp_service("bulk", np, &b);
     let d = Daemon::start(
         m.path(),
         &["--nodeport-addresses", "127.0.0.0/8", "--relay", relay],

@@ -735,6 +735,20 @@ pub fn slice(
     y
 }
 
+/// A manifests directory with one TCP Service `name` (port "http" on `node_port`) whose only
+/// endpoint is `backend`: the setup most single-Service tests start from.
+pub fn one_tcp_service(name: &str, node_port: u16, backend: &TcpBackend) -> Manifests {
+    let m = Manifests::new();
+    m.write(
+        "svc.yaml",
+        &docs(&[
+            Service::new(name).tcp("http", node_port).yaml(),
+            slices(name, "http", "TCP", &[backend.addr()]),
+        ]),
+    );
+    m
+}
+
 /// One slice per backend address (each backend listens on its own port), all ready:
 /// `{service}-{i}` for the i-th address.
 pub fn slices(service: &str, port_name: &str, protocol: &str, backends: &[SocketAddr]) -> String {
