@@ -200,6 +200,7 @@ fn main() {
         preserve_source_v4: false,
         preserve_source_v6: false,
         node_ips: Vec::new(),
+        plugins: None,
     };
     let metrics = Arc::new(Metrics::new());
     let dataplane = Dataplane::start(cfg, metrics.clone()).expect("dataplane");

@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use nodeportd::balance::affinity::AffinityTable;
+use nodeportd::balance::affinity::{AffinityKey, AffinityTable};
 use nodeportd::balance::random::Random;
 use nodeportd::balance::{FlowInfo, Selector};
 use nodeportd::model::{Backend, FrontendKey, Protocol};
@@ -26,14 +26,16 @@ fn backends(n: u32) -> Vec<Backend> {
 
 fn bench(c: &mut Criterion) {
     let b100 = backends(100);
-    let flow = FlowInfo {
-        frontend: FrontendKey {
+    let flow = FlowInfo::new(
+        0,
+        1,
+        FrontendKey {
             protocol: Protocol::Tcp,
             node_port: 30080,
         },
-        client: SocketAddr::from(([198, 18, 0, 2], 40000)),
-        node: SocketAddr::from(([198, 18, 0, 1], 30080)),
-    };
+        SocketAddr::from(([198, 18, 0, 2], 40000)),
+        SocketAddr::from(([198, 18, 0, 1], 30080)),
+    );
     let mut r = Random::new(1);
     c.bench_function("random_select_100", |b| {
         b.iter(|| black_box(r.select(&flow, &b100, &[])))
@@ -46,11 +48,13 @@ fn bench(c: &mut Criterion) {
     let now = Instant::now();
     for i in 0..10_000u32 {
         let ip = IpAddr::from([198, 18, (i >> 8) as u8, i as u8]);
-        a.record(flow.frontend, ip, b100[(i % 100) as usize].addr, now);
+        let key = AffinityKey::Client(ip);
+        let ttl = Duration::from_secs(10800);
+        a.record(flow.frontend, key, b100[(i % 100) as usize].addr, ttl, now);
     }
-    let ip = IpAddr::from([198, 18, 10, 10]);
+    let ip = AffinityKey::Client(IpAddr::from([198, 18, 10, 10]));
     c.bench_function("affinity_lookup_10k_clients", |b| {
-        b.iter(|| black_box(a.lookup(flow.frontend, ip, Duration::from_secs(10800), now)))
+        b.iter(|| black_box(a.lookup(flow.frontend, ip, now)))
     });
 }
 

@@ -10,5 +10,6 @@ pub mod balance;
 pub mod cli;
 pub mod dataplane;
 pub mod model;
+pub mod plugin;
 pub mod source;
 pub mod sync;

@@ -27,6 +27,10 @@ fn main() -> ExitCode {
             nodeportd::cli::run::run(args)
         }
         Command::Conntrack(args) => nodeportd::cli::conntrack::run(args),
+        Command::Plugin(args) => {
+            init_logs(LogFormat::Text);
+            nodeportd::cli::plugin::run(args)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -14,6 +14,7 @@ use crate::admin::metrics::{Metrics, ServiceLabels};
 use crate::dataplane::Dataplane;
 use crate::model::store::Store;
 use crate::model::{Frontend, FrontendKey, ServiceKey};
+use crate::plugin::{Chain, Directory};
 use crate::source::SourceEvent;
 
 /// How often Services whose ports could not be bound are tried again.
@@ -25,6 +26,8 @@ pub enum Event {
     Source(SourceEvent),
     /// Stop: let flows finish for this long, then return.
     Shutdown(Duration),
+    /// Something changed in the plugin directory.
+    PluginsChanged,
 }
 
 impl From<SourceEvent> for Event {
@@ -49,6 +52,12 @@ pub struct Sync {
     health_ports: HashMap<ServiceKey, u16>,
     /// Frontends whose last programming failed (some socket could not be bound).
     incomplete: std::collections::HashSet<FrontendKey>,
+    /// Loaded plugins (None: started without --plugin-dir).
+    plugins: Option<Directory>,
+    /// The chain each frontend runs now.
+    chains: HashMap<FrontendKey, Arc<Chain>>,
+    /// Why a frontend does not run the chain its annotations ask for (logged once).
+    plugin_errors: HashMap<FrontendKey, String>,
 }
 
 impl Sync {
@@ -73,6 +82,86 @@ impl Sync {
             health: None,
             health_ports: HashMap::new(),
             incomplete: Default::default(),
+            plugins: None,
+            chains: HashMap::new(),
+            plugin_errors: HashMap::new(),
+        }
+    }
+
+    /// Resolves plugin annotations against `dir`.
+    pub fn with_plugins(mut self, dir: Directory) -> Self {
+        self.plugins = Some(dir);
+        self
+    }
+
+    /// Re-reads changed plugins and re-resolves the Services that name them (or wait for one).
+    fn plugins_changed(&mut self) {
+        let Some(dir) = &mut self.plugins else { return };
+        let changed = dir.refresh();
+        let keys: BTreeSet<ServiceKey> = self
+            .programmed
+            .iter()
+            .filter(|(_, fes)| {
+                fes.iter().any(|fe| {
+                    self.plugin_errors.contains_key(&fe.key)
+                        || fe.plugins.as_ref().is_some_and(|spec| {
+                            spec.chain.iter().any(|r| changed.contains(&r.name))
+                        })
+                })
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        if !keys.is_empty() {
+            self.reconcile_all(keys);
+        }
+    }
+
+    /// The chain `fe` should run: what its annotations ask for, or, when that cannot be
+    /// loaded or configured, what it runs now (the native default if nothing).
+    fn chain_for(&mut self, key: &ServiceKey, fe: &Frontend) -> Option<Arc<Chain>> {
+        let previous = self.chains.get(&fe.key).cloned();
+        let wanted = match (&fe.plugins, &mut self.plugins) {
+            (None, _) => Ok(None),
+            (Some(_), None) => {
+                Err("it names plugins but nodeportd runs without --plugin-dir".to_string())
+            }
+            (Some(_), Some(dir)) => dir.resolve(fe, previous.as_ref()),
+        };
+        match wanted {
+            Ok(chain) => {
+                if self.plugin_errors.remove(&fe.key).is_some() {
+                    tracing::info!(service = %key, port = %fe.port_name, "Service now runs the plugins it names");
+                }
+                chain
+            }
+            Err(e) => {
+                if self.plugin_errors.get(&fe.key) != Some(&e) {
+                    self.metrics.plugin_load_errors.inc();
+                    let keeps = match &previous {
+                        Some(c) => format!(
+                            "it keeps its previous plugins ({})",
+                            c.links
+                                .iter()
+                                .map(|l| &*l.plugin.name)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                        None => "the native default serves it".to_string(),
+                    };
+                    tracing::error!(service = %key, port = %fe.port_name, error = %e, "Service's plugins not applied; {keeps}");
+                    self.plugin_errors.insert(fe.key, e);
+                }
+                previous
+            }
+        }
+    }
+
+    /// Removes the metric series of plugins a frontend no longer runs.
+    fn forget_chain(&self, fe: &Frontend, old: Option<&Arc<Chain>>, new: Option<&Arc<Chain>>) {
+        for link in old.into_iter().flat_map(|c| &c.links) {
+            if !new.is_some_and(|n| n.links.iter().any(|l| l.plugin.name == link.plugin.name)) {
+                self.metrics.forget_plugin(fe, &link.plugin.name);
+            }
         }
     }
 
@@ -111,6 +200,7 @@ impl Sync {
             match events.recv_timeout(RETRY_EVERY) {
                 Ok(Event::Source(ev)) => self.on_source(ev),
                 Ok(Event::Shutdown(grace)) => break grace,
+                Ok(Event::PluginsChanged) => self.plugins_changed(),
                 Err(RecvTimeoutError::Timeout) => {
                     for e in self.dataplane.refresh_addresses() {
                         self.metrics.config_errors.inc();
@@ -210,6 +300,9 @@ impl Sync {
                 self.incomplete.remove(&fe.key);
                 self.dataplane.remove(&fe.key);
                 self.claims.remove(&fe.key);
+                self.plugin_errors.remove(&fe.key);
+                let old_chain = self.chains.remove(&fe.key);
+                self.forget_chain(fe, old_chain.as_ref(), None);
                 freed = true;
             }
         }
@@ -232,8 +325,15 @@ impl Sync {
                 continue;
             }
             let before = old.iter().find(|o| o.key == fe.key);
+            let chain = self.chain_for(key, &fe);
+            let old_chain = self.chains.get(&fe.key).cloned();
+            let same_chain = match (&chain, &old_chain) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            };
             // A frontend whose last programming failed is programmed again even if unchanged.
-            if before == Some(&fe) && !self.incomplete.contains(&fe.key) {
+            if before == Some(&fe) && same_chain && !self.incomplete.contains(&fe.key) {
                 now.push(fe);
                 continue;
             }
@@ -245,7 +345,15 @@ impl Sync {
                     })
                     .inc();
             }
-            match self.dataplane.upsert(fe.clone()) {
+            let upserted = self.dataplane.upsert(fe.clone(), chain.clone());
+            if upserted.is_ok() || self.dataplane.programmed(&fe.key).is_some() {
+                self.forget_chain(&fe, old_chain.as_ref(), chain.as_ref());
+                match chain {
+                    Some(c) => self.chains.insert(fe.key, c),
+                    None => self.chains.remove(&fe.key),
+                };
+            }
+            match upserted {
                 Ok(()) => {
                     self.incomplete.remove(&fe.key);
                     self.claims.insert(fe.key, key.clone());

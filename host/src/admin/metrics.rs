@@ -8,7 +8,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use super::histogram::LatencyHistogram;
 use crate::model::Frontend;
+use crate::plugin::FailureKind;
 
 /// Labels of per-frontend series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -41,6 +43,103 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
+/// Labels of per-(Service port, plugin) series; the last label differs by family.
+macro_rules! plugin_labels {
+    ($name:ident, $last:ident) => {
+        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+        struct $name {
+            service: String,
+            port: String,
+            protocol: String,
+            node_port: u16,
+            plugin: String,
+            $last: &'static str,
+        }
+    };
+}
+plugin_labels!(PluginRoleLabels, role);
+plugin_labels!(PluginReasonLabels, reason);
+plugin_labels!(PluginKindLabels, kind);
+
+/// The label set of `fe` and `plugin` with a last label.
+macro_rules! plugin_label {
+    ($fe:expr, $plugin:expr, $ty:ident, $last:ident, $v:expr) => {
+        $ty {
+            service: $fe.service.to_string(),
+            port: $fe.port_name.clone(),
+            protocol: $fe.key.protocol.as_str().to_string(),
+            node_port: $fe.key.node_port,
+            plugin: $plugin.to_string(),
+            $last: $v,
+        }
+    };
+}
+
+/// Plugin roles, in the order of `PluginMetrics` arrays.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// admit
+    Admission,
+    /// affinity-key
+    Affinity,
+    /// select
+    Selection,
+}
+
+impl Role {
+    const ALL: [Role; 3] = [Self::Admission, Self::Affinity, Self::Selection];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Admission => "admission",
+            Self::Affinity => "affinity",
+            Self::Selection => "selection",
+        }
+    }
+}
+
+/// Labels of denials, in the order of the WIT `deny-reason` enum.
+pub const DENY_REASONS: [&str; 4] = [
+    "source_not_allowed",
+    "rate_limited",
+    "over_capacity",
+    "policy",
+];
+
+/// One (Service port, plugin) pair's handles: atomics only, no lock on the flow path.
+#[derive(Clone, Debug, Default)]
+pub struct PluginMetrics {
+    calls: [Counter; 3],
+    latency: [LatencyHistogram; 3],
+    denials: [Counter; 4],
+    failures: [Counter; 7],
+}
+
+impl PluginMetrics {
+    /// Counts a call of `role` that took `ns` nanoseconds.
+    pub fn call(&self, role: Role, ns: u64) {
+        self.calls[role as usize].inc();
+        self.latency[role as usize].observe_ns(ns);
+    }
+
+    /// Counts a denial (`reason` indexes DENY_REASONS).
+    pub fn deny(&self, reason: usize) {
+        if let Some(c) = self.denials.get(reason) {
+            c.inc();
+        }
+    }
+
+    /// Counts a failure.
+    pub fn fail(&self, kind: FailureKind) {
+        self.failures[kind as usize].inc();
+    }
+
+    /// Failures of one kind so far.
+    pub fn failures(&self, kind: FailureKind) -> u64 {
+        self.failures[kind as usize].get()
+    }
+}
+
 /// Labels of per-Service series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServiceLabels {
@@ -59,14 +158,20 @@ pub enum Refusal {
     TableFull,
     /// A datagram could not be delivered (socket buffer full, endpoint unreachable).
     Dropped,
+    /// An admission plugin refused the flow.
+    Denied,
+    /// A plugin failed and the Service's failure policy is closed.
+    PluginFailed,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 4] = [
+    const ALL: [Refusal; 6] = [
         Self::NoEndpoint,
         Self::ConnectFailed,
         Self::TableFull,
         Self::Dropped,
+        Self::Denied,
+        Self::PluginFailed,
     ];
 
     fn label(self) -> &'static str {
@@ -75,6 +180,8 @@ impl Refusal {
             Self::ConnectFailed => "connect_failed",
             Self::TableFull => "table_full",
             Self::Dropped => "dropped",
+            Self::Denied => "denied",
+            Self::PluginFailed => "plugin_failed",
         }
     }
 }
@@ -90,7 +197,7 @@ pub struct FrontendMetrics {
     pub bytes_in: Counter,
     /// Bytes endpoint -> client.
     pub bytes_out: Counter,
-    refused: [Counter; 4],
+    refused: [Counter; 6],
 }
 
 impl FrontendMetrics {
@@ -128,6 +235,14 @@ pub struct Metrics {
     pub config_errors: Counter,
     /// nodePort sockets open.
     pub listeners: Gauge,
+    plugin_calls: Family<PluginRoleLabels, Counter>,
+    plugin_latency: Family<PluginRoleLabels, LatencyHistogram>,
+    plugin_denials: Family<PluginReasonLabels, Counter>,
+    plugin_failures: Family<PluginKindLabels, Counter>,
+    /// Plugin log lines dropped by the per-instance rate limit.
+    pub plugin_logs_dropped: Counter,
+    /// Plugins that failed to load, by reload attempt.
+    pub plugin_load_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -176,6 +291,42 @@ impl Metrics {
             config_errors.clone(),
         );
         registry.register("listeners", "nodePort sockets open", listeners.clone());
+        let plugin_calls = Family::<PluginRoleLabels, Counter>::default();
+        let plugin_latency = Family::<PluginRoleLabels, LatencyHistogram>::default();
+        let plugin_denials = Family::<PluginReasonLabels, Counter>::default();
+        let plugin_failures = Family::<PluginKindLabels, Counter>::default();
+        let plugin_logs_dropped = Counter::default();
+        let plugin_load_errors = Counter::default();
+        registry.register(
+            "plugin_calls",
+            "Per-flow plugin calls by role",
+            plugin_calls.clone(),
+        );
+        registry.register(
+            "plugin_call_duration_seconds",
+            "Per-flow plugin call latency by role",
+            plugin_latency.clone(),
+        );
+        registry.register(
+            "plugin_denials",
+            "Flows an admission plugin refused, by reason",
+            plugin_denials.clone(),
+        );
+        registry.register(
+            "plugin_failures",
+            "Plugin calls that failed, by kind; the Service's failure policy decided the flow",
+            plugin_failures.clone(),
+        );
+        registry.register(
+            "plugin_log_lines_dropped",
+            "Plugin log lines over the per-instance rate limit",
+            plugin_logs_dropped.clone(),
+        );
+        registry.register(
+            "plugin_load_errors",
+            "Plugins that could not be loaded or configured",
+            plugin_load_errors.clone(),
+        );
         Self {
             registry,
             flows_active,
@@ -186,6 +337,75 @@ impl Metrics {
             endpoint_changes,
             config_errors,
             listeners,
+            plugin_calls,
+            plugin_latency,
+            plugin_denials,
+            plugin_failures,
+            plugin_logs_dropped,
+            plugin_load_errors,
+        }
+    }
+
+    /// Handles for a (Service port, plugin) pair; the same atomics every time.
+    pub fn plugin(&self, fe: &Frontend, plugin: &str) -> PluginMetrics {
+        PluginMetrics {
+            calls: Role::ALL.map(|r| {
+                handle(
+                    &self.plugin_calls,
+                    &plugin_label!(fe, plugin, PluginRoleLabels, role, r.label()),
+                )
+            }),
+            latency: Role::ALL.map(|r| {
+                handle(
+                    &self.plugin_latency,
+                    &plugin_label!(fe, plugin, PluginRoleLabels, role, r.label()),
+                )
+            }),
+            denials: DENY_REASONS.map(|r| {
+                handle(
+                    &self.plugin_denials,
+                    &plugin_label!(fe, plugin, PluginReasonLabels, reason, r),
+                )
+            }),
+            failures: FailureKind::ALL.map(|k| {
+                handle(
+                    &self.plugin_failures,
+                    &plugin_label!(fe, plugin, PluginKindLabels, kind, k.as_str()),
+                )
+            }),
+        }
+    }
+
+    /// Removes the series of a (Service port, plugin) pair that no longer exists.
+    pub fn forget_plugin(&self, fe: &Frontend, plugin: &str) {
+        for r in Role::ALL {
+            self.plugin_calls.remove(&plugin_label!(
+                fe,
+                plugin,
+                PluginRoleLabels,
+                role,
+                r.label()
+            ));
+            self.plugin_latency.remove(&plugin_label!(
+                fe,
+                plugin,
+                PluginRoleLabels,
+                role,
+                r.label()
+            ));
+        }
+        for r in DENY_REASONS {
+            self.plugin_denials
+                .remove(&plugin_label!(fe, plugin, PluginReasonLabels, reason, r));
+        }
+        for k in FailureKind::ALL {
+            self.plugin_failures.remove(&plugin_label!(
+                fe,
+                plugin,
+                PluginKindLabels,
+                kind,
+                k.as_str()
+            ));
         }
     }
 

@@ -68,14 +68,16 @@ mod tests {
     }
 
     fn flow() -> FlowInfo {
-        FlowInfo {
-            frontend: FrontendKey {
+        FlowInfo::new(
+            0,
+            1,
+            FrontendKey {
                 protocol: Protocol::Tcp,
                 node_port: 30000,
             },
-            client: SocketAddr::from(([198, 18, 0, 2], 40000)),
-            node: SocketAddr::from(([198, 18, 0, 1], 30000)),
-        }
+            SocketAddr::from(([198, 18, 0, 2], 40000)),
+            SocketAddr::from(([198, 18, 0, 1], 30000)),
+        )
     }
 
     #[test]

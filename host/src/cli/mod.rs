@@ -1,6 +1,7 @@
 //! The command line: `nodeportd run` (the daemon) and `nodeportd conntrack` (the dump).
 
 pub mod conntrack;
+pub mod plugin;
 pub mod run;
 
 use std::net::SocketAddr;
@@ -27,6 +28,80 @@ pub enum Command {
     Run(RunArgs),
     /// Print the conntrack table of a running daemon, like `conntrack -L`.
     Conntrack(ConntrackArgs),
+    /// Check or benchmark a WASM plugin component.
+    Plugin(PluginArgs),
+}
+
+/// Limits of the plugin runtime, shared by `run` and `plugin bench`.
+#[derive(Args, Debug, Clone)]
+pub struct PluginLimits {
+    /// Longest a per-flow plugin call (admit, select, affinity-key) may run before it is
+    /// interrupted; a miss is a plugin failure.
+    #[arg(long = "plugin-deadline", default_value = "5ms", value_parser = parse_duration)]
+    pub deadline: Duration,
+    /// Longest configure or set-backends may run.
+    #[arg(long = "plugin-setup-deadline", default_value = "100ms", value_parser = parse_duration)]
+    pub setup_deadline: Duration,
+    /// Linear memory cap per plugin instance, in MiB.
+    #[arg(long = "plugin-memory-mib", default_value_t = 64)]
+    pub memory_mib: usize,
+    /// Plugin instances that may exist at once (one per plugin per worker, plus probes).
+    #[arg(long = "plugin-max-instances", default_value_t = 1000)]
+    pub max_instances: u32,
+    /// Directory for precompiled plugins (by content digest), so restarts skip compiling.
+    #[arg(long = "plugin-cache-dir")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl PluginLimits {
+    /// The runtime settings these flags give.
+    pub fn runtime(&self) -> crate::plugin::RuntimeConfig {
+        crate::plugin::RuntimeConfig {
+            deadline: self.deadline,
+            setup_deadline: self.setup_deadline,
+            memory_limit: self.memory_mib.max(1) << 20,
+            max_instances: self.max_instances.max(2),
+            cache_dir: self.cache_dir.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+/// `nodeportd plugin`.
+#[derive(Args, Debug)]
+pub struct PluginArgs {
+    /// What to do with the plugin.
+    #[command(subcommand)]
+    pub command: PluginCommand,
+}
+
+/// `nodeportd plugin` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum PluginCommand {
+    /// Print the roles a component implements and its imports, or exactly what does not match
+    /// the contract (exit status 1).
+    Check {
+        /// The component (.wasm).
+        file: PathBuf,
+    },
+    /// Measure a plugin the same way for every plugin: compile and instantiation time,
+    /// per-call latency p50/p99 of each role it implements, and memory.
+    Bench {
+        /// The component (.wasm).
+        file: PathBuf,
+        /// Endpoints given to set-backends.
+        #[arg(long, default_value_t = 16)]
+        backends: usize,
+        /// Calls per role.
+        #[arg(long, default_value_t = 100_000)]
+        flows: usize,
+        /// The config string given to configure.
+        #[arg(long, default_value = "")]
+        config: String,
+        /// Runtime limits.
+        #[command(flatten)]
+        limits: PluginLimits,
+    },
 }
 
 /// How the relay moves bytes.
@@ -131,6 +206,13 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Directory of WASM plugins (`<name>.wasm`), watched for changes. Without it, Services
+    /// that name plugins are served by the native default (with an error logged).
+    #[arg(long)]
+    pub plugin_dir: Option<PathBuf>,
+    /// Plugin runtime limits.
+    #[command(flatten)]
+    pub plugin_limits: PluginLimits,
 }
 
 /// `nodeportd conntrack`.

@@ -59,6 +59,20 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if transparent.is_some() {
         tracing::info!("client source preserved for externalTrafficPolicy Local");
     }
+    let metrics = Arc::new(Metrics::new());
+    let plugin_runtime = match &args.plugin_dir {
+        Some(dir) if !dir.is_dir() => {
+            anyhow::bail!("--plugin-dir {}: not a directory", dir.display())
+        }
+        Some(_) => Some(
+            crate::plugin::Runtime::new(
+                args.plugin_limits.runtime(),
+                metrics.plugin_logs_dropped.clone(),
+            )
+            .context("cannot start the plugin runtime")?,
+        ),
+        None => None,
+    };
     let cfg = DataplaneConfig {
         workers,
         connect_timeout: args.connect_timeout,
@@ -76,9 +90,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         } else {
             Vec::new()
         },
+        plugins: plugin_runtime.clone(),
     };
-    tracing::info!(workers, node = %args.node_name, manifests = %args.manifests.display(), "starting nodeportd");
-    let metrics = Arc::new(Metrics::new());
+    tracing::info!(workers, node = %args.node_name, manifests = %args.manifests.display(), plugins = ?args.plugin_dir, "starting nodeportd");
     let ready = Arc::new(AtomicBool::new(false));
     let dataplane =
         Dataplane::start(cfg, metrics.clone()).context("cannot start dataplane workers")?;
@@ -92,7 +106,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         zone: args.node_zone.clone(),
     };
     let store = Store::new(args.nodeport_range.0..=args.nodeport_range.1, node);
-    let (tx, rx) = crossbeam_channel::unbounded::<Event>();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -102,7 +115,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         addrs.extend_from_slice(bind.of(Family::V6));
         health::spawn(addrs)
     };
-    let sync = Sync::new(store, dataplane, metrics, ready).with_health(health);
+    let (tx, rx) = crossbeam_channel::unbounded::<Event>();
+    let mut sync = Sync::new(store, dataplane, metrics.clone(), ready).with_health(health);
+    let mut _plugin_watch = None;
+    if let (Some(rt), Some(dir)) = (plugin_runtime, &args.plugin_dir) {
+        let directory = crate::plugin::Directory::new(rt, dir.clone(), metrics);
+        _plugin_watch = Some(
+            directory
+                .watch(tx.clone(), || Event::PluginsChanged)
+                .with_context(|| format!("cannot watch --plugin-dir {}", dir.display()))?,
+        );
+        sync = sync.with_plugins(directory);
+    }
     let sync_thread = std::thread::Builder::new()
         .name("nodeportd-sync".into())
         .spawn(move || sync.run(rx))?;

@@ -31,6 +31,8 @@ pub struct Route {
     pub frontend: Frontend,
     /// Its counters.
     pub metrics: FrontendMetrics,
+    /// The Service's WASM plugin chain (None: native kube-proxy behaviour).
+    pub chain: Option<Arc<crate::plugin::Chain>>,
 }
 
 /// Dataplane settings (from the CLI).
@@ -61,6 +63,8 @@ pub struct DataplaneConfig {
     /// This node's own addresses: endpoints there (host-network pods) keep the node address,
     /// since their replies would never pass prerouting.
     pub node_ips: Vec<std::net::IpAddr>,
+    /// The plugin runtime workers instantiate from (None: plugins are off).
+    pub plugins: Option<Arc<crate::plugin::Runtime>>,
 }
 
 enum SocketState {
@@ -182,10 +186,18 @@ impl Dataplane {
     /// Programs a frontend (new or changed). Its sockets are bound, held or closed to match
     /// its endpoints. Err names what could not be bound; a new frontend is then not
     /// programmed at all, an existing one keeps what it had.
-    pub fn upsert(&mut self, frontend: Frontend) -> Result<(), String> {
+    pub fn upsert(
+        &mut self,
+        frontend: Frontend,
+        chain: Option<Arc<crate::plugin::Chain>>,
+    ) -> Result<(), String> {
         let key = frontend.key;
         let metrics = self.metrics.frontend(&frontend);
-        let route = Arc::new(Route { frontend, metrics });
+        let route = Arc::new(Route {
+            frontend,
+            metrics,
+            chain,
+        });
         let wanted: Vec<(SocketAddr, bool)> = route
             .frontend
             .families
@@ -244,16 +256,16 @@ impl Dataplane {
         };
         tracing::info!(v4 = ?now.of(crate::model::Family::V4), v6 = ?now.of(crate::model::Family::V6), "node addresses changed; rebinding nodePorts");
         self.bind = now;
-        let frontends: Vec<Frontend> = self
+        let frontends: Vec<_> = self
             .programmed
             .values()
-            .map(|p| p.route.frontend.clone())
+            .map(|p| (p.route.frontend.clone(), p.route.chain.clone()))
             .collect();
         frontends
             .into_iter()
-            .filter_map(|fe| {
+            .filter_map(|(fe, chain)| {
                 let name = format!("Service {} port {:?}", fe.service, fe.port_name);
-                self.upsert(fe).err().map(|e| format!("{name}: {e}"))
+                self.upsert(fe, chain).err().map(|e| format!("{name}: {e}"))
             })
             .collect()
     }

@@ -60,6 +60,8 @@ pub struct TcpFlow {
     up: Half,
     down: Half,
     family: Family,
+    /// The flow as first seen (its id, hash and affinity key serve retries).
+    flow: FlowInfo,
     /// The route the flow started on: its metrics, and endpoints for retries.
     pub(super) route: Arc<Route>,
 }
@@ -140,14 +142,21 @@ impl Worker {
                 reset(&stream);
                 continue;
             }
+            let flow = self.new_flow(key, client, node);
+            let flow = match self.admit(&route, family, flow) {
+                Ok(flow) => flow,
+                Err(why) => {
+                    route.metrics.refuse(why);
+                    reset(&stream);
+                    continue;
+                }
+            };
             let h = Handoff {
                 stream,
-                client,
-                node,
-                key,
+                flow,
                 family,
             };
-            let target = self.carrier(&route, &client);
+            let target = self.carrier(&route, &flow);
             if target == self.index {
                 self.start_tcp(h);
                 continue;
@@ -169,35 +178,28 @@ impl Worker {
 
     /// Starts a flow for an accepted connection: pick, connect, track.
     pub(super) fn start_tcp(&mut self, h: Handoff) {
-        let Some(route) = self.routes.get(&h.key).cloned() else {
+        let flow = h.flow;
+        let Some(route) = self.routes.get(&flow.frontend).cloned() else {
             reset(&h.stream);
             return;
-        };
-        let flow = FlowInfo {
-            frontend: h.key,
-            client: h.client,
-            node: h.node,
         };
         let mut tried = Vec::new();
-        let Some((endpoint, upstream)) = self.connect_next(&route, h.family, &flow, &mut tried)
-        else {
-            let why = if tried.is_empty() {
-                Refusal::NoEndpoint
-            } else {
-                Refusal::ConnectFailed
-            };
-            route.metrics.refuse(why);
-            reset(&h.stream);
-            return;
+        let (endpoint, upstream) = match self.connect_next(&route, h.family, &flow, &mut tried) {
+            Ok(pair) => pair,
+            Err(why) => {
+                route.metrics.refuse(why);
+                reset(&h.stream);
+                return;
+            }
         };
         let _ = h.stream.set_nodelay(true);
         let entry = Entry {
             tuple: Tuple {
                 protocol: Protocol::Tcp,
-                client: h.client,
-                node: h.node,
+                client: flow.client,
+                node: flow.node,
             },
-            frontend: h.key,
+            frontend: flow.frontend,
             endpoint,
             state: State::SynSent,
             started: self.now,
@@ -214,6 +216,7 @@ impl Worker {
             up: Half::new(),
             down: Half::new(),
             family: h.family,
+            flow,
             route,
         });
         let Some((id, generation)) = self.table.insert(entry, io, false) else {
@@ -231,25 +234,30 @@ impl Worker {
     }
 
     /// Picks endpoints (never one in `tried`) and starts a connect to the first that takes
-    /// one, until `--connect-attempts` endpoints were tried. Failures are added to `tried`.
+    /// one, until `--connect-attempts` endpoints were tried. Failures are added to `tried`;
+    /// Err is why the flow is refused.
     fn connect_next(
         &mut self,
         route: &Route,
         family: Family,
         flow: &FlowInfo,
         tried: &mut Vec<SocketAddr>,
-    ) -> Option<(SocketAddr, mio::net::TcpStream)> {
+    ) -> Result<(SocketAddr, mio::net::TcpStream), Refusal> {
         while tried.len() < self.cfg.connect_attempts {
-            let addr = self.pick(route, family, flow, tried)?;
+            let addr = match self.pick(route, family, flow, tried) {
+                Ok(addr) => addr,
+                Err(Refusal::NoEndpoint) if !tried.is_empty() => break,
+                Err(why) => return Err(why),
+            };
             match tcp_connect(addr, self.source_for(route, &flow.client, &addr)) {
-                Ok(s) => return Some((addr, mio::net::TcpStream::from_std(s))),
+                Ok(s) => return Ok((addr, mio::net::TcpStream::from_std(s))),
                 Err(e) => {
                     tracing::debug!(endpoint = %addr, error = %e, "connect failed at once");
                     tried.push(addr);
                 }
             }
         }
-        None
+        Err(Refusal::ConnectFailed)
     }
 
     fn arm_connect_timer(&mut self, id: FlowId, generation: u32) {
@@ -364,15 +372,10 @@ impl Worker {
             .cloned()
             .unwrap_or_else(|| t.route.clone());
         let family = t.family;
-        let flow = FlowInfo {
-            frontend: entry.frontend,
-            client: entry.tuple.client,
-            node: entry.tuple.node,
-        };
+        let flow = t.flow;
         let mut tried_now = tried;
         let next = self.connect_next(&route, family, &flow, &mut tried_now);
-        let Some((addr, mut stream)) = next else {
-            route.metrics.refuse(Refusal::ConnectFailed);
+        let Ok((addr, mut stream)) = next.map_err(|why| route.metrics.refuse(why)) else {
             tracing::info!(service = %route.frontend.service, client = %flow.client, "no endpoint accepted the connection; resetting client");
             self.abort(id);
             return;

@@ -16,7 +16,6 @@ use super::listener::udp_upstream;
 use super::worker::{flow_token, FlowIo, Sock, Worker};
 use super::Route;
 use crate::admin::metrics::Refusal;
-use crate::balance::FlowInfo;
 use crate::model::Protocol;
 
 /// A UDP flow's upstream socket and the nodePort socket it answers through.
@@ -85,14 +84,25 @@ impl Worker {
         let l = self.listeners.get(idx)?;
         let (key, family) = (l.key, l.family);
         let route = self.routes.get(&key).cloned()?;
-        let flow = FlowInfo {
-            frontend: key,
-            client: tuple.client,
-            node: tuple.node,
-        };
-        let Some(endpoint) = self.pick(&route, family, &flow, &[]) else {
-            route.metrics.refuse(Refusal::NoEndpoint);
+        if route.chain.as_ref().is_some_and(|c| c.admission) && self.udp_refused(&tuple) {
+            route.metrics.refuse(Refusal::Denied);
             return None;
+        }
+        let flow = self.new_flow(key, tuple.client, tuple.node);
+        let picked = self
+            .admit(&route, family, flow)
+            .inspect_err(|why| {
+                if matches!(why, Refusal::Denied | Refusal::PluginFailed) {
+                    self.deny_udp(tuple);
+                }
+            })
+            .and_then(|flow| self.pick(&route, family, &flow, &[]));
+        let endpoint = match picked {
+            Ok(endpoint) => endpoint,
+            Err(why) => {
+                route.metrics.refuse(why);
+                return None;
+            }
         };
         let upstream =
             match udp_upstream(endpoint, self.source_for(&route, &tuple.client, &endpoint)) {

@@ -15,21 +15,31 @@ use rustc_hash::FxHashMap;
 use slab::Slab;
 
 use super::batch::Batch;
+use super::conntrack::Tuple;
 use super::conntrack::{FlowId, Row, Table};
 use super::relay::{Buffers, Pipe};
 use super::tcp::TcpFlow;
 use super::udp::UdpFlow;
 use super::{DataplaneConfig, Route};
-use crate::balance::affinity::AffinityTable;
+use crate::admin::metrics::Refusal;
+use crate::balance::affinity::{AffinityKey, AffinityTable};
 use crate::balance::random::Random;
 use crate::balance::{FlowInfo, Selector};
-use crate::model::{Family, FrontendKey};
+use crate::model::{FailurePolicy, Family, FrontendKey};
+use crate::plugin::{chain as wit, Admit, Chain, WorkerPlugins};
 
 /// Token of the waker that control and hand-off messages ring.
 pub(super) const WAKER: Token = Token(1 << 62);
 const LISTENER_BIT: usize = 1 << 61;
 /// How often idle affinity entries are swept.
 const AFFINITY_SWEEP: Duration = Duration::from_secs(30);
+/// Default lifetime of a plugin's affinity entry when neither it nor the Service says.
+const DEFAULT_AFFINITY: Duration = Duration::from_secs(10800);
+/// How long a UDP client tuple that admission refused stays refused without asking again
+/// (so a plugin is asked once per flow, not once per datagram).
+const UDP_DENIED_FOR: Duration = Duration::from_secs(1);
+/// Most refused UDP tuples remembered (spoofed floods cannot grow it further).
+const UDP_DENIED_MAX: usize = 65536;
 
 /// Flow tokens carry the slot, its generation and the side, so an event for a flow that was
 /// closed and replaced within one poll round is recognised as stale.
@@ -100,9 +110,8 @@ pub enum Control {
 /// An accepted connection passed to the worker that will carry it.
 pub struct Handoff {
     pub(super) stream: mio::net::TcpStream,
-    pub(super) client: SocketAddr,
-    pub(super) node: SocketAddr,
-    pub(super) key: FrontendKey,
+    /// The flow, admitted, with its affinity key if a plugin gave one.
+    pub(super) flow: FlowInfo,
     pub(super) family: Family,
 }
 
@@ -147,7 +156,9 @@ impl Peer {
     }
 }
 
-/// What a worker keeps beside each conntrack entry.
+/// What a worker keeps beside each conntrack entry. Stored inline in the table: boxing the
+/// (common) TCP variant would cost an allocation per flow.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum FlowIo {
     Tcp(TcpFlow),
     Udp(UdpFlow),
@@ -166,6 +177,12 @@ pub struct Worker {
     pub(super) next_peer: usize,
     pub(super) random: Random,
     pub(super) affinity: AffinityTable,
+    /// This worker's plugin instances.
+    pub(super) plugins: WorkerPlugins,
+    /// Numbers this worker's new flows.
+    pub(super) flow_seq: u64,
+    /// UDP client tuples admission refused, until when.
+    pub(super) udp_denied: FxHashMap<Tuple, Instant>,
     pub(super) pipes: Vec<Pipe>,
     pub(super) buffers: Buffers,
     pub(super) splice: bool,
@@ -214,8 +231,10 @@ impl Worker {
     /// Builds a worker from its parts; `peers` includes itself at `index`.
     pub fn new(index: usize, cfg: Arc<DataplaneConfig>, parts: Parts, peers: Arc<[Peer]>) -> Self {
         let now = Instant::now();
+        let plugins = WorkerPlugins::new(cfg.plugins.clone(), index);
         Self {
             index,
+            plugins,
             splice: cfg.splice,
             table: Table::new(cfg.max_flows_per_worker),
             cfg,
@@ -229,6 +248,8 @@ impl Worker {
                 0x9e37_79b9_7f4a_7c15 ^ (index as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d),
             ),
             affinity: AffinityTable::default(),
+            flow_seq: 0,
+            udp_denied: FxHashMap::default(),
             pipes: Vec::new(),
             buffers: Buffers::default(),
             buf: vec![0u8; 65536].into_boxed_slice(),
@@ -359,9 +380,24 @@ impl Worker {
         match msg {
             Control::Route(key, Some(route)) => {
                 let old = self.routes.insert(key, route.clone());
-                if old.as_ref().is_some_and(|o| o.frontend.affinity.is_some())
-                    && route.frontend.affinity.is_none()
-                {
+                let old_chain = old.as_ref().and_then(|o| o.chain.as_ref());
+                let same_chain = match (old_chain, &route.chain) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    (None, None) => true,
+                    _ => false,
+                };
+                if !same_chain {
+                    if let Some(c) = &route.chain {
+                        self.plugins.attach(c);
+                    }
+                    if let Some(c) = old_chain {
+                        self.plugins.detach(c);
+                    }
+                }
+                if old.as_ref().is_some_and(|o| {
+                    o.frontend.affinity != route.frontend.affinity
+                        || (!same_chain && o.chain.as_ref().is_some_and(|c| c.affinity.is_some()))
+                }) {
                     self.affinity.forget_frontend(key);
                 }
                 // Only an endpoint that stopped serving costs a scan of the shard.
@@ -376,7 +412,9 @@ impl Worker {
                 }
             }
             Control::Route(key, None) => {
-                self.routes.remove(&key);
+                if let Some(c) = self.routes.remove(&key).and_then(|r| r.chain.clone()) {
+                    self.plugins.detach(&c);
+                }
                 self.affinity.forget_frontend(key);
                 self.clear_udp_flows(key, None);
             }
@@ -514,13 +552,9 @@ impl Worker {
         }
         if self.now >= self.next_sweep {
             self.next_sweep = self.now + AFFINITY_SWEEP;
-            let longest = self
-                .routes
-                .values()
-                .filter_map(|r| r.frontend.affinity)
-                .max()
-                .unwrap_or_default();
-            self.affinity.sweep(self.now, longest);
+            self.affinity.sweep(self.now);
+            let now = self.now;
+            self.udp_denied.retain(|_, until| *until > now);
         }
     }
 
@@ -541,48 +575,130 @@ impl Worker {
         }
     }
 
-    /// Chooses an endpoint for a new flow (or a retry): ClientIP affinity first, then the
-    /// native random choice, never one of `tried`.
+    /// A new flow's info, numbered by this worker.
+    pub(super) fn new_flow(
+        &mut self,
+        key: FrontendKey,
+        client: SocketAddr,
+        node: SocketAddr,
+    ) -> FlowInfo {
+        self.flow_seq += 1;
+        FlowInfo::new(self.index, self.flow_seq, key, client, node)
+    }
+
+    /// The flow as plugins see it.
+    fn flow_record(chain: &Chain, family: Family, flow: &FlowInfo) -> wit::types::Flow {
+        wit::types::Flow {
+            id: flow.id,
+            handle: chain.handle(family),
+            protocol: wit::protocol(flow.frontend.protocol),
+            client: wit::address(flow.client.ip()),
+            client_port: flow.client.port(),
+            node: wit::address(flow.node.ip()),
+            node_port: flow.node.port(),
+            hash: flow.hash,
+        }
+    }
+
+    /// Runs the Service's admission plugins and asks its affinity plugin for a key, before
+    /// the flow is placed on a worker. Err is why the flow is refused.
+    pub(super) fn admit(
+        &mut self,
+        route: &Route,
+        family: Family,
+        flow: FlowInfo,
+    ) -> Result<FlowInfo, Refusal> {
+        let Some(chain) = &route.chain else {
+            return Ok(flow);
+        };
+        let record = Self::flow_record(chain, family, &flow);
+        match self.plugins.admit(chain, family, record, self.now) {
+            Admit::Allow => {}
+            Admit::Deny => return Err(Refusal::Denied),
+            Admit::Failed => return Err(Refusal::PluginFailed),
+        }
+        match self.plugins.affinity_key(chain, family, record, self.now) {
+            Ok(Some(a)) => {
+                let ttl = match a.ttl_seconds {
+                    0 => route.frontend.affinity.unwrap_or(DEFAULT_AFFINITY),
+                    s => Duration::from_secs(s as u64),
+                };
+                Ok(flow.with_affinity(a.key, ttl))
+            }
+            Ok(None) => Ok(flow),
+            Err(_) if chain.policy == FailurePolicy::Closed => Err(Refusal::PluginFailed),
+            Err(_) => Ok(flow),
+        }
+    }
+
+    /// Chooses an endpoint for a new flow (or a retry), never one of `tried`: the affinity
+    /// entry of the flow's key (plugin key, else ClientIP) if alive, else the selection
+    /// plugin, else (or when it failed under policy open) kube-proxy's random choice.
     pub(super) fn pick(
         &mut self,
         route: &Route,
         family: Family,
         flow: &FlowInfo,
         tried: &[SocketAddr],
-    ) -> Option<SocketAddr> {
+    ) -> Result<SocketAddr, Refusal> {
         let fe = &route.frontend;
-        let backends = fe.backends(family);
-        if let Some(timeout) = fe.affinity {
-            if let Some(addr) = self
+        let backends = match family {
+            Family::V4 => &fe.v4,
+            Family::V6 => &fe.v6,
+        };
+        if backends.is_empty() {
+            return Err(Refusal::NoEndpoint);
+        }
+        let key = match flow.affinity {
+            Some((k, ttl)) => Some((AffinityKey::Plugin(k), ttl)),
+            None => fe
                 .affinity
-                .lookup(fe.key, flow.client.ip(), timeout, self.now)
-            {
+                .map(|t| (AffinityKey::Client(flow.client.ip()), t)),
+        };
+        if let Some((k, ttl)) = key {
+            if let Some(addr) = self.affinity.lookup(fe.key, k, self.now) {
                 if !tried.contains(&addr) && backends.iter().any(|b| b.addr == addr) {
-                    self.affinity
-                        .record(fe.key, flow.client.ip(), addr, self.now);
-                    return Some(addr);
+                    self.affinity.record(fe.key, k, addr, ttl, self.now);
+                    return Ok(addr);
                 }
             }
         }
-        let idx = self.random.select(flow, backends, tried)?;
-        let addr = backends[idx].addr;
-        if fe.affinity.is_some() {
-            self.affinity
-                .record(fe.key, flow.client.ip(), addr, self.now);
+        let idx = match route.chain.as_ref().filter(|c| c.selection.is_some()) {
+            Some(chain) => {
+                let record = Self::flow_record(chain, family, flow);
+                match self
+                    .plugins
+                    .select(chain, family, record, backends, tried, self.now)
+                {
+                    Ok(i) => i,
+                    Err(_) if chain.policy == FailurePolicy::Closed => {
+                        return Err(Refusal::PluginFailed)
+                    }
+                    Err(_) => self.random.select(flow, backends, tried),
+                }
+            }
+            None => self.random.select(flow, backends, tried),
+        };
+        let addr = backends[idx.ok_or(Refusal::NoEndpoint)?].addr;
+        if let Some((k, ttl)) = key {
+            self.affinity.record(fe.key, k, addr, ttl, self.now);
         }
-        Some(addr)
+        Ok(addr)
     }
 
-    /// The worker that carries a new TCP flow: by client IP when the frontend has affinity
-    /// (so one worker's affinity table sees all of a client's flows). Otherwise the accepting
-    /// worker keeps it (no cross-thread hand-off, no wake-up) unless it carries more than
-    /// LOCAL_SLACK flows beyond the next peer in turn, which then gets it: load spreads as
-    /// soon as one worker falls behind.
-    pub(super) fn carrier(&mut self, route: &Route, client: &SocketAddr) -> usize {
+    /// The worker that carries a new TCP flow: by affinity key (a plugin's, else the client
+    /// IP for ClientIP affinity), so one worker's affinity table sees all of a key's flows.
+    /// Otherwise the accepting worker keeps it (no cross-thread hand-off, no wake-up) unless
+    /// it carries more than LOCAL_SLACK flows beyond the next peer in turn, which then gets
+    /// it: load spreads as soon as one worker falls behind.
+    pub(super) fn carrier(&mut self, route: &Route, flow: &FlowInfo) -> usize {
         let n = self.peers.len();
+        if flow.affinity.is_some() {
+            return (flow.hash % n as u64) as usize;
+        }
         if route.frontend.affinity.is_some() {
             use std::hash::BuildHasher;
-            return (rustc_hash::FxBuildHasher.hash_one(client.ip()) % n as u64) as usize;
+            return (rustc_hash::FxBuildHasher.hash_one(flow.client.ip()) % n as u64) as usize;
         }
         if n == 1 {
             return self.index;
@@ -597,6 +713,26 @@ impl Worker {
         } else {
             self.index
         }
+    }
+
+    /// Remembers that admission refused a UDP tuple, so its next datagrams are dropped
+    /// without asking again for a while.
+    pub(super) fn deny_udp(&mut self, tuple: Tuple) {
+        if self.udp_denied.len() >= UDP_DENIED_MAX {
+            let now = self.now;
+            self.udp_denied.retain(|_, until| *until > now);
+            if self.udp_denied.len() >= UDP_DENIED_MAX {
+                self.udp_denied.clear();
+            }
+        }
+        self.udp_denied.insert(tuple, self.now + UDP_DENIED_FOR);
+    }
+
+    /// Whether a UDP tuple is still refused.
+    pub(super) fn udp_refused(&self, tuple: &Tuple) -> bool {
+        self.udp_denied
+            .get(tuple)
+            .is_some_and(|until| *until > self.now)
     }
 
     /// The address an upstream socket binds to: the client's for externalTrafficPolicy Local

@@ -63,6 +63,9 @@ pub struct Frontend {
     pub affinity: Option<Duration>,
     /// externalTrafficPolicy.
     pub policy: TrafficPolicy,
+    /// The Service's WASM plugin chain, as annotated (resolved to loaded plugins by the sync
+    /// loop, see `plugin::Chain`).
+    pub plugins: Option<Arc<super::PluginSpec>>,
 }
 
 impl Frontend {
@@ -169,5 +172,6 @@ fn build_port(
         serving: serving.into(),
         affinity: service.affinity,
         policy: service.traffic_policy,
+        plugins: service.plugins.clone(),
     }
 }

@@ -4,10 +4,12 @@
 
 pub mod endpoints;
 pub mod frontend;
+pub mod plugins;
 pub mod service;
 pub mod store;
 pub mod translate;
 
 pub use endpoints::{Endpoint, EndpointSlice, NodeInfo, SlicePort};
 pub use frontend::{Backend, Frontend, FrontendKey};
+pub use plugins::{FailurePolicy, PluginRef, PluginSpec};
 pub use service::{Family, Protocol, Service, ServiceKey, ServicePort, TrafficPolicy};

@@ -140,6 +140,8 @@ pub struct Service {
     pub affinity: Option<Duration>,
     /// healthCheckNodePort (LoadBalancer + Local).
     pub health_check_node_port: Option<u16>,
-    /// Annotations, kept for plugin selection.
+    /// Annotations as written.
     pub annotations: BTreeMap<String, String>,
+    /// The WASM plugin chain its annotations name (None: the native default decides).
+    pub plugins: Option<std::sync::Arc<super::PluginSpec>>,
 }

@@ -176,6 +176,10 @@ pub fn service(svc: &K8sService, range: &RangeInclusive<u16>) -> ServiceOutcome 
         .and_then(|p| u16::try_from(p).ok());
     let annotations: BTreeMap<String, String> =
         svc.metadata.annotations.clone().unwrap_or_default();
+    let plugins = match super::PluginSpec::from_annotations(&annotations) {
+        Ok(spec) => spec.map(std::sync::Arc::new),
+        Err(e) => return ServiceOutcome::Invalid(format!("Service {key}: {e}")),
+    };
     ServiceOutcome::Serve(
         Service {
             key,
@@ -185,6 +189,7 @@ pub fn service(svc: &K8sService, range: &RangeInclusive<u16>) -> ServiceOutcome 
             affinity,
             health_check_node_port,
             annotations,
+            plugins,
         },
         errors,
     )

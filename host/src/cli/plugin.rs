@@ -1,0 +1,206 @@
+//! `nodeportd plugin check|bench`: the contract check an operator runs before deploying a
+//! plugin, and the one benchmark every plugin is measured with.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use prometheus_client::metrics::counter::Counter;
+
+use super::{PluginArgs, PluginCommand, PluginLimits};
+use crate::model::Family;
+use crate::plugin::bindings::types;
+use crate::plugin::chain::{address, protocol};
+use crate::plugin::{Instance, Plugin, Runtime};
+
+/// Runs a `plugin` subcommand.
+pub fn run(args: PluginArgs) -> anyhow::Result<()> {
+    match args.command {
+        PluginCommand::Check { file } => check(&file),
+        PluginCommand::Bench {
+            file,
+            backends,
+            flows,
+            config,
+            limits,
+        } => bench(&file, backends, flows.max(1), &config, &limits),
+    }
+}
+
+fn name_of(file: &Path) -> String {
+    file.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "plugin".into())
+}
+
+fn load(rt: &Arc<Runtime>, file: &Path) -> anyhow::Result<(Arc<Plugin>, usize, Duration)> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let t0 = Instant::now();
+    let plugin = rt.load(&name_of(file), &bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: does not match the contract nodeport:plugin@0.1.0: {e}",
+            file.display()
+        )
+    })?;
+    Ok((plugin, bytes.len(), t0.elapsed()))
+}
+
+fn check(file: &Path) -> anyhow::Result<()> {
+    let rt = Runtime::new(Default::default(), Counter::default())?;
+    let (p, size, _) = load(&rt, file)?;
+    println!("plugin:  {} ({} bytes, sha256 {})", p.name, size, p.digest);
+    println!("roles:   {}", p.roles);
+    println!(
+        "imports: {}",
+        if p.imports.is_empty() {
+            "none".to_string()
+        } else {
+            p.imports.join(", ")
+        }
+    );
+    println!("exports: {}", p.exports.join(", "));
+    println!("ok: matches nodeport:plugin@0.1.0");
+    Ok(())
+}
+
+/// Percentiles of nanosecond samples.
+fn pct(samples: &mut [u64], p: f64) -> u64 {
+    if samples.is_empty() {
+        return 0;
+    }
+    samples.sort_unstable();
+    let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    samples[i.min(samples.len() - 1)]
+}
+
+fn report(what: &str, samples: &mut [u64]) {
+    let p50 = pct(samples, 0.50);
+    let p99 = pct(samples, 0.99);
+    let max = samples.last().copied().unwrap_or(0);
+    println!(
+        "{what:<22} p50 {p50:>8} ns   p99 {p99:>8} ns   max {max:>9} ns   ({} calls)",
+        samples.len()
+    );
+}
+
+/// A synthetic flow from client `i` in 198.18.0.0/15.
+fn flow(i: usize, handle: u32) -> types::Flow {
+    let client = std::net::Ipv4Addr::from(0xc612_0000u32 | (i as u32 & 0x1_ffff));
+    types::Flow {
+        id: i as u64,
+        handle,
+        protocol: protocol(crate::model::Protocol::Tcp),
+        client: address(client.into()),
+        client_port: 1024 + (i % 60000) as u16,
+        node: address(std::net::Ipv4Addr::new(198, 19, 0, 1).into()),
+        node_port: 30080,
+        hash: crate::balance::mix(i as u64),
+    }
+}
+
+fn bench(
+    file: &Path,
+    n_backends: usize,
+    flows: usize,
+    config: &str,
+    limits: &PluginLimits,
+) -> anyhow::Result<()> {
+    let rt = Runtime::new(limits.runtime(), Counter::default())?;
+    let (plugin, size, compile) = load(&rt, file)?;
+    println!(
+        "plugin {} ({} bytes), roles: {}",
+        plugin.name, size, plugin.roles
+    );
+    println!(
+        "{:<22} {:>8.2} ms (includes the contract check)",
+        "compile + check",
+        compile.as_secs_f64() * 1e3
+    );
+    let mut inst_ns = Vec::with_capacity(200);
+    for i in 0..200 {
+        let t0 = Instant::now();
+        let inst =
+            Instance::new(&rt, &plugin, 0, i).map_err(|f| anyhow::anyhow!("instantiate: {f}"))?;
+        inst_ns.push(t0.elapsed().as_nanos() as u64);
+        drop(inst);
+    }
+    report("instantiate", &mut inst_ns);
+    let mut inst =
+        Instance::new(&rt, &plugin, 0, 1).map_err(|f| anyhow::anyhow!("instantiate: {f}"))?;
+    let service = types::Service {
+        handle: 0,
+        namespace: "bench".into(),
+        name: "bench".into(),
+        port_name: String::new(),
+        node_port: 30080,
+        protocol: types::Protocol::Tcp,
+        ipv6: false,
+        local_traffic_policy: false,
+    };
+    let _ = Family::V4;
+    let t0 = Instant::now();
+    inst.configure(&service, config)
+        .map_err(|f| anyhow::anyhow!("configure failed: {f}"))?
+        .map_err(|e| anyhow::anyhow!("configure refused {config:?}: {e}"))?;
+    println!("{:<22} {:>8} ns", "configure", t0.elapsed().as_nanos());
+    if plugin.roles.selection {
+        let list: Vec<types::Backend> = (0..n_backends)
+            .map(|i| types::Backend {
+                address: address(std::net::Ipv4Addr::from(0xc613_0000u32 | i as u32).into()),
+                port: 8080,
+                node_local: i % 4 == 0,
+                zone: String::new(),
+                ready: true,
+                serving: true,
+                terminating: false,
+                weight: 1,
+            })
+            .collect();
+        let t0 = Instant::now();
+        inst.set_backends(0, &list)
+            .map_err(|f| anyhow::anyhow!("set-backends failed: {f}"))?;
+        println!(
+            "{:<22} {:>8} ns ({n_backends} endpoints)",
+            "set-backends",
+            t0.elapsed().as_nanos()
+        );
+    }
+    let mut samples = Vec::with_capacity(flows);
+    let mut failures = 0usize;
+    let mut run =
+        |what: &str, inst: &mut Instance, call: &dyn Fn(&mut Instance, types::Flow) -> bool| {
+            samples.clear();
+            for i in 0..flows {
+                let f = flow(i, 0);
+                let t0 = Instant::now();
+                let ok = call(inst, f);
+                samples.push(t0.elapsed().as_nanos() as u64);
+                failures += usize::from(!ok);
+            }
+            report(what, &mut samples);
+        };
+    if plugin.roles.admission {
+        run("admit", &mut inst, &|inst, f| inst.admit(f).is_ok());
+    }
+    if plugin.roles.affinity {
+        run("affinity-key", &mut inst, &|inst, f| {
+            inst.affinity_key(f).is_ok()
+        });
+    }
+    if plugin.roles.selection {
+        let n = n_backends as u32;
+        run("select", &mut inst, &|inst, f| {
+            matches!(inst.select(f, None), Ok(Some(i)) if i < n) || (n == 0)
+        });
+    }
+    println!(
+        "{:<22} {:>8} KiB linear memory after the run",
+        "memory",
+        inst.memory_bytes() / 1024
+    );
+    if failures > 0 {
+        anyhow::bail!("{failures} calls failed or answered out of contract");
+    }
+    Ok(())
+}

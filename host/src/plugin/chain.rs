@@ -1,0 +1,171 @@
+//! A Service port's resolved plugin chain: the loaded plugins its annotation names, in order,
+//! with their configs, metric handles and the Service handle plugins know it by. Built by the
+//! control plane ([`super::Directory::resolve`]), carried to workers inside the route.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+pub use super::bindings::types;
+use super::contract::Plugin;
+use crate::admin::metrics::PluginMetrics;
+use crate::model::{Backend, FailurePolicy, Family, Frontend, Protocol, TrafficPolicy};
+
+/// One plugin of a chain.
+#[derive(Debug)]
+pub struct Link {
+    /// The loaded plugin (a changed file is a new one).
+    pub plugin: Arc<Plugin>,
+    /// The string `configure` receives.
+    pub config: String,
+    /// Its counters for this Service port.
+    pub metrics: PluginMetrics,
+}
+
+/// A Service port's chain, immutable once built.
+#[derive(Debug)]
+pub struct Chain {
+    /// In annotation order.
+    pub links: Vec<Link>,
+    /// What a failed call means for the flow.
+    pub policy: FailurePolicy,
+    /// Handle of the IPv4 side; the IPv6 side is `handle + 1`.
+    pub handle: u32,
+    /// Identity given to `configure`.
+    pub namespace: String,
+    /// Service name.
+    pub name: String,
+    /// Service port name.
+    pub port_name: String,
+    /// nodePort.
+    pub node_port: u16,
+    /// Protocol.
+    pub protocol: Protocol,
+    /// externalTrafficPolicy Local.
+    pub local: bool,
+    /// Index of the first link with an affinity role.
+    pub affinity: Option<usize>,
+    /// Index of the first link with a selection role.
+    pub selection: Option<usize>,
+    /// Whether any link admits.
+    pub admission: bool,
+}
+
+impl Chain {
+    /// A chain over `links` for frontend `fe`.
+    pub fn new(fe: &Frontend, links: Vec<Link>, policy: FailurePolicy, handle: u32) -> Self {
+        Self {
+            affinity: links.iter().position(|l| l.plugin.roles.affinity),
+            selection: links.iter().position(|l| l.plugin.roles.selection),
+            admission: links.iter().any(|l| l.plugin.roles.admission),
+            links,
+            policy,
+            handle,
+            namespace: fe.service.namespace.clone(),
+            name: fe.service.name.clone(),
+            port_name: fe.port_name.clone(),
+            node_port: fe.key.node_port,
+            protocol: fe.key.protocol,
+            local: fe.policy == TrafficPolicy::Local,
+        }
+    }
+
+    /// Whether a rebuilt frontend can keep this chain (same plugins, configs, policy and
+    /// identity): then plugins keep their per-Service state and only see new endpoints.
+    pub fn serves(
+        &self,
+        fe: &Frontend,
+        plugins: &[(Arc<Plugin>, &str)],
+        policy: FailurePolicy,
+    ) -> bool {
+        self.policy == policy
+            && self.namespace == fe.service.namespace
+            && self.name == fe.service.name
+            && self.port_name == fe.port_name
+            && self.local == (fe.policy == TrafficPolicy::Local)
+            && self.links.len() == plugins.len()
+            && self
+                .links
+                .iter()
+                .zip(plugins)
+                .all(|(l, (p, c))| Arc::ptr_eq(&l.plugin, p) && l.config == *c)
+    }
+
+    /// The handle of one address family of this Service port.
+    pub fn handle(&self, family: Family) -> u32 {
+        match family {
+            Family::V4 => self.handle,
+            Family::V6 => self.handle + 1,
+        }
+    }
+
+    /// "namespace/name", for logs.
+    pub fn service_name(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// What `configure` is told about one family.
+    pub fn service(&self, family: Family) -> types::Service {
+        types::Service {
+            handle: self.handle(family),
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            port_name: self.port_name.clone(),
+            node_port: self.node_port,
+            protocol: protocol(self.protocol),
+            ipv6: family == Family::V6,
+            local_traffic_policy: self.local,
+        }
+    }
+}
+
+/// The WIT protocol of a model protocol.
+pub fn protocol(p: Protocol) -> types::Protocol {
+    match p {
+        Protocol::Tcp => types::Protocol::Tcp,
+        Protocol::Udp => types::Protocol::Udp,
+    }
+}
+
+/// An address in the contract's form (IPv4-mapped IPv6 halves).
+pub fn address(ip: IpAddr) -> types::Address {
+    let v6 = match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    };
+    let bits = u128::from(v6);
+    types::Address {
+        hi: (bits >> 64) as u64,
+        lo: bits as u64,
+    }
+}
+
+/// The endpoint list in the contract's form (only when endpoints change).
+pub fn backends(list: &[Backend]) -> Vec<types::Backend> {
+    list.iter()
+        .map(|b| types::Backend {
+            address: address(b.addr.ip()),
+            port: b.addr.port(),
+            node_local: b.node_local,
+            zone: b.zone.as_deref().unwrap_or("").to_string(),
+            ready: b.ready,
+            serving: b.serving,
+            terminating: b.terminating,
+            weight: 1,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_v4_mapped_halves() {
+        let a = address("198.18.0.2".parse().unwrap());
+        assert_eq!(a.hi, 0);
+        assert_eq!(a.lo, 0x0000_ffff_c612_0002);
+        let b = address("2001:db8::1".parse().unwrap());
+        assert_eq!(b.hi, 0x2001_0db8_0000_0000);
+        assert_eq!(b.lo, 1);
+    }
+}

@@ -1,0 +1,222 @@
+//! The plugin directory (`--plugin-dir`): plugins are found by name as `<name>.wasm`, loaded
+//! on first use, and reloaded when their file changes. It also resolves a Service port's
+//! annotated chain into a [`Chain`], checking each plugin's `configure` on a probe instance
+//! first so a refused config never reaches the workers.
+//!
+//! A plugin that fails to (re)load leaves every Service on what it had: the previous version
+//! of that plugin, or the native default if there was none. The reason is logged and counted.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crossbeam_channel::Sender;
+use notify::{RecursiveMode, Watcher};
+
+use super::chain::{Chain, Link};
+use super::contract::Plugin;
+use super::instance::Instance;
+use super::runtime::Runtime;
+use crate::admin::metrics::Metrics;
+use crate::model::Frontend;
+
+/// How long file events settle before plugins are re-read (a copy in progress is not loaded).
+const SETTLE: Duration = Duration::from_millis(50);
+
+#[derive(Default)]
+struct Entry {
+    /// (modified, length) when last read.
+    stamp: Option<(SystemTime, u64)>,
+    /// Last version that loaded.
+    good: Option<Arc<Plugin>>,
+    /// Why the last read did not load, if it did not.
+    error: Option<String>,
+}
+
+/// Loaded plugins by name.
+pub struct Directory {
+    runtime: Arc<Runtime>,
+    dir: PathBuf,
+    metrics: Arc<Metrics>,
+    entries: HashMap<String, Entry>,
+    next_handle: u32,
+}
+
+impl Directory {
+    /// A directory of plugins; nothing is read until a Service names a plugin.
+    pub fn new(runtime: Arc<Runtime>, dir: PathBuf, metrics: Arc<Metrics>) -> Self {
+        Self {
+            runtime,
+            dir,
+            metrics,
+            entries: HashMap::new(),
+            next_handle: 0,
+        }
+    }
+
+    /// The runtime plugins are loaded with.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.wasm"))
+    }
+
+    fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+        let m = std::fs::metadata(path).ok()?;
+        Some((m.modified().ok()?, m.len()))
+    }
+
+    /// Reads `name` again if its file changed. True when the version in force changed.
+    fn read(&mut self, name: &str) -> bool {
+        let path = self.path(name);
+        let stamp = Self::stamp(&path);
+        let entry = self.entries.entry(name.to_string()).or_default();
+        if entry.stamp.is_some() && entry.stamp == stamp {
+            return false;
+        }
+        let first = entry.stamp.is_none() && entry.good.is_none() && entry.error.is_none();
+        let loaded = match std::fs::read(&path) {
+            Ok(bytes) => self.runtime.load(name, &bytes),
+            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        };
+        let entry = self.entries.entry(name.to_string()).or_default();
+        entry.stamp = stamp;
+        match loaded {
+            Ok(p) => {
+                entry.error = None;
+                if entry.good.as_ref().is_some_and(|g| g.digest == p.digest) {
+                    return false;
+                }
+                tracing::info!(plugin = name, digest = %&p.digest[..12], roles = %p.roles, "plugin loaded");
+                entry.good = Some(p);
+                true
+            }
+            Err(e) => {
+                let e = format!("plugin {name} ({}): {e}", path.display());
+                if entry.error.as_ref() != Some(&e) {
+                    self.metrics.plugin_load_errors.inc();
+                    match &entry.good {
+                        Some(_) => {
+                            tracing::error!(error = %e, "plugin not reloaded; Services keep its previous version")
+                        }
+                        None if !first => tracing::error!(error = %e, "plugin not loaded"),
+                        None => {}
+                    }
+                }
+                entry.error = Some(e);
+                false
+            }
+        }
+    }
+
+    /// The version of `name` in force (loading it on first use), or why there is none.
+    pub fn get(&mut self, name: &str) -> Result<Arc<Plugin>, String> {
+        if !self.entries.contains_key(name) {
+            self.read(name);
+        }
+        let entry = self
+            .entries
+            .get(name)
+            .ok_or_else(|| format!("plugin {name}: not loaded"))?;
+        match (&entry.good, &entry.error) {
+            (Some(p), _) => Ok(p.clone()),
+            (None, Some(e)) => Err(e.clone()),
+            (None, None) => Err(format!("plugin {name}: not loaded")),
+        }
+    }
+
+    /// Re-reads every plugin in use; returns the names whose version in force changed (a new
+    /// file that loads, or the first good version of one that had failed).
+    pub fn refresh(&mut self) -> Vec<String> {
+        let names: Vec<String> = self.entries.keys().cloned().collect();
+        let changed: Vec<String> = names.into_iter().filter(|n| self.read(n)).collect();
+        let live: Vec<String> = self
+            .entries
+            .values()
+            .filter_map(|e| e.good.as_ref().map(|p| p.digest.clone()))
+            .collect();
+        self.runtime
+            .retain_compiled(&live.iter().map(String::as_str).collect::<Vec<_>>());
+        changed
+    }
+
+    /// The chain a frontend's annotations ask for. `previous` is reused when nothing but the
+    /// endpoints changed, so plugins keep their per-Service state. Err names the plugin and
+    /// why it cannot serve this Service (not found, not loadable, config refused).
+    pub fn resolve(
+        &mut self,
+        fe: &Frontend,
+        previous: Option<&Arc<Chain>>,
+    ) -> Result<Option<Arc<Chain>>, String> {
+        let Some(spec) = &fe.plugins else {
+            return Ok(None);
+        };
+        let mut plugins = Vec::with_capacity(spec.chain.len());
+        for r in &spec.chain {
+            plugins.push((self.get(&r.name)?, r.config.as_str()));
+        }
+        if let Some(prev) = previous.filter(|p| p.serves(fe, &plugins, spec.failure_policy)) {
+            return Ok(Some(prev.clone()));
+        }
+        let handle = self.next_handle;
+        self.next_handle = self.next_handle.wrapping_add(2);
+        let links: Vec<Link> = plugins
+            .into_iter()
+            .map(|(plugin, config)| Link {
+                metrics: self.metrics.plugin(fe, &plugin.name),
+                plugin,
+                config: config.to_string(),
+            })
+            .collect();
+        let chain = Chain::new(fe, links, spec.failure_policy, handle);
+        for link in &chain.links {
+            let name = &link.plugin.name;
+            let mut probe = Instance::new(&self.runtime, &link.plugin, usize::MAX, 0)
+                .map_err(|f| format!("plugin {name}: cannot instantiate: {f}"))?;
+            for family in &fe.families {
+                match probe.configure(&chain.service(*family), &link.config) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(msg)) => {
+                        return Err(format!(
+                            "plugin {name} refused its config {:?}: {msg}",
+                            link.config
+                        ))
+                    }
+                    Err(f) => return Err(format!("plugin {name} failed in configure: {f}")),
+                }
+            }
+        }
+        Ok(Some(Arc::new(chain)))
+    }
+
+    /// Watches the directory and sends `event()` (once per burst of changes) to `tx` until
+    /// the receiver is gone. The watcher lives as long as the returned handle.
+    pub fn watch<E: Send + 'static>(
+        &self,
+        tx: Sender<E>,
+        event: fn() -> E,
+    ) -> notify::Result<notify::RecommendedWatcher> {
+        let (raw_tx, raw_rx) = crossbeam_channel::unbounded::<()>();
+        let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+            if ev.is_ok() {
+                let _ = raw_tx.send(());
+            }
+        })?;
+        watcher.watch(&self.dir, RecursiveMode::NonRecursive)?;
+        std::thread::Builder::new()
+            .name("plugin-watch".into())
+            .spawn(move || {
+                while raw_rx.recv().is_ok() {
+                    while raw_rx.recv_timeout(SETTLE).is_ok() {}
+                    if tx.send(event()).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(notify::Error::io)?;
+        Ok(watcher)
+    }
+}

@@ -1,0 +1,231 @@
+//! The plugin runtime: one wasmtime Engine for the daemon, the Linker that offers the `host`
+//! imports, the epoch clock that enforces call deadlines, and loading (compile once per
+//! content digest, cached on disk precompiled, checked against the contract).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::counter::Counter;
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+
+use super::bindings;
+use super::contract::{self, Plugin};
+use super::host_state::{HostState, Limits, LogBudget};
+
+/// Limits and places, from the CLI. The defaults are safe for a node: a plugin call may take
+/// at most 5 ms, an instance at most 64 MiB.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// Longest a per-flow call (`admit`, `select`, `affinity-key`) may run.
+    pub deadline: Duration,
+    /// Longest `configure` or `set-backends` may run (they may loop over many endpoints).
+    pub setup_deadline: Duration,
+    /// Linear memory cap per instance.
+    pub memory_limit: usize,
+    /// Instances that may exist at once (pooling allocator slots).
+    pub max_instances: u32,
+    /// Where precompiled components are kept (None: compile in memory only).
+    pub cache_dir: Option<PathBuf>,
+    /// Log lines per second per instance before lines are dropped.
+    pub log_lines_per_second: u32,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            deadline: Duration::from_millis(5),
+            setup_deadline: Duration::from_millis(100),
+            memory_limit: 64 << 20,
+            max_instances: 1000,
+            cache_dir: None,
+            log_lines_per_second: 10,
+        }
+    }
+}
+
+/// Granularity of deadlines: the epoch clock ticks this often.
+const TICK: Duration = Duration::from_millis(1);
+
+/// The shared runtime. Send + Sync: the control plane loads with it, workers instantiate.
+pub struct Runtime {
+    pub(super) engine: Engine,
+    pub(super) linker: Linker<HostState>,
+    pub(super) cfg: RuntimeConfig,
+    pub(super) origin: Instant,
+    compiled: Mutex<HashMap<String, Component>>,
+    /// Log lines plugins wrote over their budget (all plugins).
+    pub logs_dropped: Counter,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").field("cfg", &self.cfg).finish()
+    }
+}
+
+impl Runtime {
+    /// Builds the engine (pooling allocator, epoch interruption) and starts the epoch clock;
+    /// `logs_dropped` counts log lines over the rate limit (a metric).
+    pub fn new(cfg: RuntimeConfig, logs_dropped: Counter) -> anyhow::Result<Arc<Self>> {
+        let mut pool = PoolingAllocationConfig::new();
+        let slots = cfg.max_instances.max(1);
+        let memory = cfg.memory_limit.next_multiple_of(64 << 10);
+        pool.total_component_instances(slots)
+            // a component from wasm-component-ld has up to three core modules (main, shim, fixup)
+            .total_core_instances(slots * 4)
+            .total_memories(slots * 2)
+            .total_tables(slots * 4)
+            .max_memories_per_component(2)
+            .max_tables_per_component(4)
+            .max_memory_size(memory)
+            // keep this many idle slots warm so instantiation is a reuse, not an mmap
+            .max_unused_warm_slots(slots.min(100));
+        let mut config = Config::new();
+        config
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .epoch_interruption(true)
+            // each slot reserves only the cap (plus a guard), not 4 GiB: bounds checks are
+            // explicit, which per-flow calls of a few hundred instructions do not notice
+            .memory_reservation(memory as u64)
+            .memory_guard_size(64 << 10)
+            .memory_reservation_for_growth(0)
+            .max_wasm_stack(256 << 10);
+        let engine = Engine::new(&config)?;
+        let mut linker = Linker::new(&engine);
+        bindings::host::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+        bindings::types::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("plugin-epoch".into())
+            .spawn(move || loop {
+                std::thread::sleep(TICK);
+                match weak.upgrade() {
+                    Some(e) => e.increment_epoch(),
+                    None => return,
+                }
+            })?;
+        if let Some(dir) = &cfg.cache_dir {
+            if let Err(e) = std::fs::create_dir_all(dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "plugin cache directory unusable; compiling in memory only");
+            }
+        }
+        Ok(Arc::new(Self {
+            engine,
+            linker,
+            cfg,
+            origin: Instant::now(),
+            compiled: Mutex::new(HashMap::new()),
+            logs_dropped,
+        }))
+    }
+
+    /// Settings in force.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.cfg
+    }
+
+    /// Epoch ticks for a deadline: rounded up, plus one for the tick already under way.
+    pub(super) fn ticks(&self, d: Duration) -> u64 {
+        (d.as_nanos().div_ceil(TICK.as_nanos()) as u64) + 1
+    }
+
+    /// A fresh store for one instance.
+    pub(super) fn store(&self, plugin: &Arc<str>, worker: usize, seed: u64) -> Store<HostState> {
+        let mut store = Store::new(
+            &self.engine,
+            HostState {
+                plugin: plugin.clone(),
+                worker,
+                limits: Limits {
+                    memory: self.cfg.memory_limit,
+                    hit: false,
+                    used: 0,
+                },
+                log: LogBudget::new(self.cfg.log_lines_per_second, self.logs_dropped.clone()),
+                rng: fastrand::Rng::with_seed(seed),
+                origin: self.origin,
+            },
+        );
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(self.ticks(self.cfg.setup_deadline));
+        store
+    }
+
+    /// Compiles a component, once per content digest: from memory, else from the on-disk
+    /// cache of precompiled code, else with Cranelift (then written to the cache).
+    fn compile(&self, bytes: &[u8]) -> Result<(Component, String), String> {
+        let digest = hex(&Sha256::digest(bytes));
+        if let Some(c) = self
+            .compiled
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&digest).cloned())
+        {
+            return Ok((c, digest));
+        }
+        let cached = self
+            .cfg
+            .cache_dir
+            .as_ref()
+            .map(|d| d.join(format!("{digest}.cwasm")));
+        let mut component = None;
+        if let Some(path) = cached.as_ref().filter(|p| p.exists()) {
+            // SAFETY: the file was written by `serialize` below into the operator's cache
+            // directory; wasmtime checks that it was made by this engine version and config
+            // and refuses it otherwise (it is then recompiled and replaced).
+            match unsafe { Component::deserialize_file(&self.engine, path) } {
+                Ok(c) => component = Some(c),
+                Err(e) => {
+                    tracing::info!(path = %path.display(), error = %e, "cached plugin code not usable; recompiling")
+                }
+            }
+        }
+        let component = match component {
+            Some(c) => c,
+            None => {
+                let c = Component::new(&self.engine, bytes)
+                    .map_err(|e| format!("not a valid WebAssembly component: {e:#}"))?;
+                if let Some(path) = &cached {
+                    if let Ok(code) = c.serialize() {
+                        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+                        if std::fs::write(&tmp, code).is_ok() {
+                            let _ = std::fs::rename(&tmp, path);
+                        }
+                    }
+                }
+                c
+            }
+        };
+        if let Ok(mut m) = self.compiled.lock() {
+            m.insert(digest.clone(), component.clone());
+        }
+        Ok((component, digest))
+    }
+
+    /// Loads a plugin: compile (cached), then check it against the contract. Err says exactly
+    /// what does not match.
+    pub fn load(self: &Arc<Self>, name: &str, bytes: &[u8]) -> Result<Arc<Plugin>, String> {
+        let (component, digest) = self.compile(bytes)?;
+        contract::check(self, name, component, digest).map(Arc::new)
+    }
+
+    /// Forgets compiled code no plugin uses any more (the disk cache stays).
+    pub fn retain_compiled(&self, digests: &[&str]) {
+        if let Ok(mut m) = self.compiled.lock() {
+            m.retain(|d, _| digests.contains(&d.as_str()));
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(64), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
