@@ -94,6 +94,81 @@ pub fn binary() -> PathBuf {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Plugins
+// ---------------------------------------------------------------------------------------------
+
+/// Where `scripts/build-plugins.sh` put the components: `$NODEPORTD_PLUGINS`, else
+/// `target/plugins` of this workspace.
+pub fn built_plugins() -> PathBuf {
+    let dir = std::env::var_os("NODEPORTD_PLUGINS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins"));
+    assert!(
+        dir.join("consistent-hash.wasm").is_file(),
+        "plugins not built in {}: run scripts/build-plugins.sh first (or set NODEPORTD_PLUGINS)",
+        dir.display()
+    );
+    dir
+}
+
+/// The path of a built plugin (`hostile/<name>` for the test suite's hostile ones).
+pub fn built_plugin(name: &str) -> PathBuf {
+    let p = built_plugins().join(format!("{name}.wasm"));
+    assert!(
+        p.is_file(),
+        "{} missing: run scripts/build-plugins.sh",
+        p.display()
+    );
+    p
+}
+
+/// A plugin directory of the test's own (so it can add, swap and break files).
+pub struct PluginDir {
+    dir: tempfile::TempDir,
+}
+
+impl PluginDir {
+    /// Holds copies of the named built plugins (`hostile/spin` is installed as `spin.wasm`).
+    pub fn with(names: &[&str]) -> Self {
+        let d = Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        for n in names {
+            d.install(n, n.rsplit('/').next().unwrap_or(n));
+        }
+        d
+    }
+
+    /// The directory, for `--plugin-dir`.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Copies built plugin `built` in as `<name>.wasm` (atomically: written aside, renamed).
+    pub fn install(&self, built: &str, name: &str) {
+        let bytes = std::fs::read(built_plugin(built)).expect("read built plugin");
+        self.write(name, &bytes);
+    }
+
+    /// Writes `<name>.wasm` atomically.
+    pub fn write(&self, name: &str, bytes: &[u8]) {
+        let tmp = self.dir.path().join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, bytes).expect("write plugin");
+        std::fs::rename(&tmp, self.dir.path().join(format!("{name}.wasm"))).expect("rename plugin");
+    }
+
+    /// Daemon arguments: loopback only, this plugin directory.
+    pub fn args(&self) -> Vec<String> {
+        vec![
+            "--nodeport-addresses".into(),
+            "127.0.0.0/8".into(),
+            "--plugin-dir".into(),
+            self.path().display().to_string(),
+        ]
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Ports
 // ---------------------------------------------------------------------------------------------
 
@@ -535,6 +610,7 @@ pub struct Service {
     affinity: Option<u32>,
     families: Vec<String>,
     health_check: Option<u16>,
+    annotations: Vec<(String, String)>,
 }
 
 impl Service {
@@ -548,7 +624,29 @@ impl Service {
             affinity: None,
             families: Vec::new(),
             health_check: None,
+            annotations: Vec::new(),
         }
+    }
+
+    /// metadata.annotations[key] = value.
+    pub fn annotate(mut self, key: &str, value: &str) -> Self {
+        self.annotations.push((key.into(), value.into()));
+        self
+    }
+
+    /// `nodeportd.dev/plugins: chain`.
+    pub fn plugins(self, chain: &str) -> Self {
+        self.annotate("nodeportd.dev/plugins", chain)
+    }
+
+    /// `nodeportd.dev/config.<plugin>: config`.
+    pub fn plugin_config(self, plugin: &str, config: &str) -> Self {
+        self.annotate(&format!("nodeportd.dev/config.{plugin}"), config)
+    }
+
+    /// `nodeportd.dev/failure-policy: closed`.
+    pub fn fail_closed(self) -> Self {
+        self.annotate("nodeportd.dev/failure-policy", "closed")
     }
 
     /// spec.healthCheckNodePort (served for LoadBalancer Services with Local policy).
@@ -608,6 +706,16 @@ impl Service {
         let mut y = String::new();
         let _ = writeln!(y, "apiVersion: v1\nkind: Service");
         let _ = writeln!(y, "metadata:\n  name: {}\n  namespace: {NS}", self.name);
+        if !self.annotations.is_empty() {
+            let _ = writeln!(y, "  annotations:");
+            for (k, v) in &self.annotations {
+                let _ = writeln!(
+                    y,
+                    "    {k}: {}",
+                    serde_json::to_string(v).unwrap_or_default()
+                );
+            }
+        }
         let _ = writeln!(y, "spec:\n  type: {}", self.ty);
         if self.local {
             let _ = writeln!(y, "  externalTrafficPolicy: Local");

@@ -14,8 +14,10 @@ pub use nodeport::plugin::host;
 
 /// The interface names a component is checked against.
 pub mod names {
-    /// The only import a plugin may have.
+    /// The host functions a plugin may import.
     pub const HOST: &str = "nodeport:plugin/host@0.1.0";
+    /// The shared types (an import of type definitions only, no functions).
+    pub const TYPES: &str = "nodeport:plugin/types@0.1.0";
     /// Required export.
     pub const LIFECYCLE: &str = "nodeport:plugin/lifecycle@0.1.0";
     /// Role exports.

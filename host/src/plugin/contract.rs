@@ -80,12 +80,16 @@ pub(super) fn check(
     let ty = component.component_type();
     let imports: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_string()).collect();
     let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
-    let foreign: Vec<&String> = imports.iter().filter(|i| *i != names::HOST).collect();
+    let foreign: Vec<&String> = imports
+        .iter()
+        .filter(|i| *i != names::HOST && *i != names::TYPES)
+        .collect();
     if !foreign.is_empty() {
         return Err(format!(
-            "imports {} which the host does not provide (a plugin may import only {}; WASI and other imports are not offered)",
+            "imports {} which the host does not provide (a plugin may import only {} and {}; WASI and other imports are not offered)",
             list(&foreign),
-            names::HOST
+            names::HOST,
+            names::TYPES
         ));
     }
     if !exports.iter().any(|e| e == names::LIFECYCLE) {

@@ -1,0 +1,204 @@
+//! Hostile plugins, built with the test suite (plugins/hostile): an endless loop, unbounded
+//! memory growth, a trap, an out-of-range answer, a flood of log calls, and a component with
+//! the wrong exports. Each must be caught, counted by kind, logged with the Service and plugin
+//! name and handled by the failure policy (open: the native default serves; closed: the flow
+//! is refused), while the daemon keeps serving a Service without plugins.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use nodeportd_e2e::*;
+
+fn metric_with(d: &Daemon, name: &str, labels: &[&str]) -> f64 {
+    d.metrics()
+        .lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
+struct Setup {
+    d: Daemon,
+    open: u16,
+    closed: u16,
+    good: u16,
+    _backends: Vec<TcpBackend>,
+    _m: Manifests,
+    _pd: PluginDir,
+}
+
+/// Services `open` and `closed` (failure policies) use `plugin`; `good` uses none.
+fn setup(plugin: &str, extra: &[&str]) -> Setup {
+    let backends: Vec<TcpBackend> = ["a", "b"].iter().map(|id| TcpBackend::local(id)).collect();
+    let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr()).collect();
+    let (open, closed, good) = (node_port(), node_port(), node_port());
+    let name = plugin.rsplit('/').next().unwrap();
+    let m = Manifests::new();
+    m.write(
+        "svc.yaml",
+        &docs(&[
+            Service::new("open").tcp("http", open).plugins(name).yaml(),
+            slices("open", "http", "TCP", &addrs),
+            Service::new("closed")
+                .tcp("http", closed)
+                .plugins(name)
+                .fail_closed()
+                .yaml(),
+            slices("closed", "http", "TCP", &addrs),
+            Service::new("good").tcp("http", good).yaml(),
+            slices("good", "http", "TCP", &addrs),
+        ]),
+    );
+    let pd = PluginDir::with(&[plugin]);
+    let mut args = pd.args();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let d = Daemon::start(m.path(), &args);
+    Setup {
+        d,
+        open,
+        closed,
+        good,
+        _backends: backends,
+        _m: m,
+        _pd: pd,
+    }
+}
+
+/// The containment contract for a plugin that fails with `kind` on every call.
+fn contained(plugin: &str, kind: &str, extra: &[&str]) -> Setup {
+    let mut s = setup(plugin, extra);
+    let name = plugin.rsplit('/').next().unwrap();
+    // Policy open: every flow is still served (by the native default).
+    for i in 0..20 {
+        who(lo(s.open))
+            .unwrap_or_else(|e| panic!("open policy, connection {i}: {e}\n{}", s.d.log()));
+    }
+    // Policy closed: every flow is refused (reset after accept).
+    for i in 0..5 {
+        assert!(
+            who(lo(s.closed)).is_err(),
+            "closed policy served connection {i}"
+        );
+    }
+    wait_for(Duration::from_secs(5), "failures counted", || {
+        metric_with(
+            &s.d,
+            "nodeportd_plugin_failures_total",
+            &[
+                "service=\"e2e/open\"",
+                &format!("plugin=\"{name}\""),
+                &format!("kind=\"{kind}\""),
+            ],
+        ) >= 1.0
+            && metric_with(
+                &s.d,
+                "nodeportd_flows_refused_total",
+                &["service=\"e2e/closed\"", "reason=\"plugin_failed\""],
+            ) >= 5.0
+    });
+    // Repeated failures disable the plugin (calls are then skipped, counted as disabled).
+    let disabled = metric_with(
+        &s.d,
+        "nodeportd_plugin_failures_total",
+        &["service=\"e2e/open\"", "kind=\"disabled\""],
+    );
+    assert!(
+        disabled >= 1.0,
+        "a plugin failing on every call is disabled: {disabled}"
+    );
+    let log = s.d.log();
+    assert!(
+        log.contains("e2e/open") && log.contains(&format!("plugin=\"{name}\""))
+            || log.contains(&format!("plugin={name}")),
+        "failures are logged with Service and plugin:\n{log}"
+    );
+    assert!(
+        log.contains("disabled on this worker"),
+        "disable is logged:\n{log}"
+    );
+    // Other Services are untouched.
+    for i in 0..200 {
+        who(lo(s.good)).unwrap_or_else(|e| panic!("Service without plugins, connection {i}: {e}"));
+    }
+    assert!(s.d.alive(), "daemon died");
+    s
+}
+
+#[test]
+fn endless_loop_is_interrupted_at_the_deadline() {
+    contained("hostile/spin", "deadline", &[]);
+}
+
+#[test]
+fn unbounded_memory_growth_stops_at_the_cap() {
+    contained(
+        "hostile/grow",
+        "memory",
+        &["--plugin-memory-mib", "4", "--plugin-deadline", "200ms"],
+    );
+}
+
+#[test]
+fn trap_is_caught() {
+    contained("hostile/trap", "trap", &[]);
+}
+
+#[test]
+fn out_of_range_answer_is_a_failure() {
+    contained("hostile/bad-index", "bad_answer", &[]);
+}
+
+#[test]
+fn log_flood_is_rate_limited() {
+    let started = std::time::Instant::now();
+    let mut s = setup(
+        "hostile/log-flood",
+        &["--plugin-deadline", "1s", "--workers", "2"],
+    );
+    for i in 0..10 {
+        who(lo(s.open)).unwrap_or_else(|e| panic!("connection {i}: {e}\n{}", s.d.log()));
+    }
+    wait_for(Duration::from_secs(5), "dropped log lines counted", || {
+        s.d.metric_opt("nodeportd_plugin_log_lines_dropped_total")
+            .unwrap_or(0.0)
+            > 1000.0
+    });
+    let lines =
+        s.d.log()
+            .lines()
+            .filter(|l| l.contains("log-flood"))
+            .count();
+    // The limit is 10 lines per second per instance (one per worker): a million per call
+    // must not get through.
+    let allowed = 10 * 2 * (started.elapsed().as_secs() as usize + 1);
+    assert!(
+        lines <= allowed,
+        "{lines} plugin log lines reached the daemon log (limit {allowed})"
+    );
+    for _ in 0..100 {
+        who(lo(s.good)).expect("Service without plugins");
+    }
+    assert!(s.d.alive());
+}
+
+#[test]
+fn wrong_exports_are_rejected_at_load_and_the_service_runs_natively() {
+    let mut s = setup("hostile/wrong-exports", &[]);
+    for i in 0..10 {
+        who(lo(s.open)).unwrap_or_else(|e| panic!("connection {i}: {e}\n{}", s.d.log()));
+        who(lo(s.closed)).unwrap_or_else(|e| {
+            panic!("a plugin that never loaded does not refuse flows ({i}): {e}")
+        });
+    }
+    let log = s.d.log();
+    assert!(
+        log.contains("e2e/open") && log.contains("does not export nodeport:plugin/lifecycle@0.1.0"),
+        "the load error names the Service and what is wrong:\n{log}"
+    );
+    assert!(s.d.metric("nodeportd_plugin_load_errors_total") >= 1.0);
+    for _ in 0..50 {
+        who(lo(s.good)).expect("Service without plugins");
+    }
+    assert!(s.d.alive());
+}
