@@ -13,6 +13,9 @@
 #   dnat       198.18.0.1:30180 (HTTP) and :30201 (iperf3 tcp+udp), nftables DNAT + masquerade
 #   haproxy    198.18.0.1:31080 and :31201, HAProxy mode tcp (TCP only, no UDP)
 #   nodeportd  198.18.0.1:30080 and :30202 (tcp+udp), the binary in $NODEPORTD
+#   wasm       the same nodeportd, the same ports, with the Service annotated to select its
+#              endpoint with the consistent-hash WASM plugin (target/plugins, built by
+#              scripts/build-plugins.sh): what a plugin decision costs per new flow
 #
 # Metrics per path (each load run lasts BENCH_SECONDS and is bounded by `timeout`):
 #   rps_keepalive  wrk -t2 -c64, keep-alive requests/s                  (higher is better)
@@ -37,7 +40,7 @@
 #   benches/e2e.sh
 # Environment:
 #   BENCH_SECONDS   length of each load run in seconds (default 10)
-#   BENCH_ONLY      comma list of paths to run: direct,dnat,haproxy,nodeportd (default all)
+#   BENCH_ONLY      comma list of paths to run: direct,dnat,haproxy,nodeportd,wasm (default all)
 #   BENCH_JSON      if set, raw results are written there as JSON
 #   NODEPORTD       nodeportd binary (default <repo>/target/release/nodeportd;
 #                   the nodeportd path is skipped with a note if it is missing)
@@ -57,7 +60,8 @@ export LC_ALL=C
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BENCH_SECONDS="${BENCH_SECONDS:-10}"
-BENCH_ONLY="${BENCH_ONLY:-direct,dnat,haproxy,nodeportd}"
+BENCH_ONLY="${BENCH_ONLY:-direct,dnat,haproxy,nodeportd,wasm}"
+PLUGIN_DIR="${PLUGIN_DIR:-$REPO_ROOT/target/plugins}"
 BENCH_JSON="${BENCH_JSON:-}"
 BENCH_KEEP="${BENCH_KEEP:-0}"
 NODEPORTD="${NODEPORTD:-$REPO_ROOT/target/release/nodeportd}"
@@ -68,7 +72,7 @@ READY_TIMEOUT=10
 NOFILE=$(ulimit -Hn)
 [[ $NOFILE == unlimited || $NOFILE -gt 65536 ]] && NOFILE=65536
 
-ALL_PATHS=(direct dnat haproxy nodeportd)
+ALL_PATHS=(direct dnat haproxy nodeportd wasm)
 METRICS=(rps_keepalive p50_ms p99_ms rps_newconn tcp_gbps udp_mbps udp_loss_pct)
 
 # Names unique per run so parallel runs do not collide.
@@ -487,7 +491,10 @@ EOF
     kill_pid "$pid"
 }
 
-write_manifests() {
+write_manifests() { # [plugin chain annotation]
+    local annotations=""
+    [[ -n ${1:-} ]] && annotations="  annotations:
+    nodeportd.dev/plugins: \"$1\""
     mkdir -p "$WORK/manifests"
     cat >"$WORK/manifests/bench.yaml" <<EOF
 apiVersion: v1
@@ -495,6 +502,7 @@ kind: Service
 metadata:
   name: bench
   namespace: default
+$annotations
 spec:
   type: NodePort
   selector:
@@ -542,15 +550,24 @@ endpoints:
 EOF
 }
 
-path_nodeportd() {
+path_nodeportd() { # [path name] [plugin chain]
+    local name=${1:-nodeportd} chain=${2:-}
     if [[ ! -x $NODEPORTD ]]; then
         warn "nodeportd binary not found at $NODEPORTD (set NODEPORTD=...), skipping"
-        add_note nodeportd "skipped: no binary at $NODEPORTD"
+        add_note "$name" "skipped: no binary at $NODEPORTD"
         return 0
     fi
-    write_manifests
-    local extra=() log="$WORK/out/nodeportd.log" code=""
+    write_manifests "$chain"
+    local extra=() log="$WORK/out/$name.log" code=""
     read -ra extra <<<"$NODEPORTD_ARGS"
+    if [[ -n $chain ]]; then
+        if [[ ! -f $PLUGIN_DIR/${chain%%,*}.wasm ]]; then
+            warn "plugin $chain not built in $PLUGIN_DIR (run scripts/build-plugins.sh), skipping"
+            add_note "$name" "skipped: no plugin in $PLUGIN_DIR"
+            return 0
+        fi
+        extra+=(--plugin-dir "$PLUGIN_DIR")
+    fi
     log "starting $NODEPORTD ${extra[*]}"
     ip netns exec "$NS_N" "$NODEPORTD" run --manifests "$WORK/manifests" --node-name bench-node \
         --nodeport-addresses "$NODE_IP/32" --admin-address 127.0.0.1:10256 "${extra[@]}" \
@@ -570,14 +587,26 @@ path_nodeportd() {
             wait "$pid" || rc=$?
             why="exited with status $rc before becoming ready"
         fi
-        warn "nodeportd $why; last lines of its log:"
+        warn "$name $why; last lines of its log:"
         tail -20 "$log" >&2 || true
-        add_note nodeportd "$why"; FAILURES=$((FAILURES + 1))
+        add_note "$name" "$why"; FAILURES=$((FAILURES + 1))
         kill_pid "$pid"
         return 0
     fi
-    log "nodeportd ready"
-    measure_path nodeportd "$NODE_IP" 30080 30202 yes
+    if [[ -n $chain ]] && grep -q "plugins not applied" "$log"; then
+        warn "$name: the plugin was not applied: $(grep "plugins not applied" "$log" | tail -1)"
+        add_note "$name" "plugin not applied"; FAILURES=$((FAILURES + 1))
+        kill_pid "$pid"
+        return 0
+    fi
+    log "$name ready"
+    measure_path "$name" "$NODE_IP" 30080 30202 yes
+    if [[ -n $chain ]]; then
+        local calls
+        calls=$(in_ns "$NS_N" curl -s --max-time 2 http://127.0.0.1:10256/metrics |
+            awk '/^nodeportd_plugin_calls_total.*role="selection"/ { s += $NF } END { print s + 0 }')
+        add_note "$name" "plugin $chain made $calls selections"
+    fi
     kill_pid "$pid"
 }
 
@@ -611,16 +640,18 @@ print_table() {
          "load average at start $LOAD_AT_START"
     [[ -x $NODEPORTD ]] && echo "nodeportd: $NODEPORTD ${NODEPORTD_ARGS}"
     echo
-    echo "| metric | better | direct | kernel DNAT | HAProxy | nodeportd | nodeportd/HAProxy | nodeportd/DNAT | HAProxy/DNAT |"
-    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| metric | better | direct | kernel DNAT | HAProxy | nodeportd | nodeportd+wasm | nodeportd/HAProxy | nodeportd/DNAT | HAProxy/DNAT | wasm/nodeportd |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     for m in "${METRICS[@]}"; do
         case $m in p50_ms | p99_ms | udp_loss_pct) better=lower ;; *) better=higher ;; esac
-        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "${label[$m]}" "$better" \
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "${label[$m]}" "$better" \
             "$(fmt "$m" "${RES[direct.$m]:-}")" "$(fmt "$m" "${RES[dnat.$m]:-}")" \
             "$(fmt "$m" "${RES[haproxy.$m]:-}")" "$(fmt "$m" "${RES[nodeportd.$m]:-}")" \
+            "$(fmt "$m" "${RES[wasm.$m]:-}")" \
             "$(ratio "${RES[nodeportd.$m]:-}" "${RES[haproxy.$m]:-}")" \
             "$(ratio "${RES[nodeportd.$m]:-}" "${RES[dnat.$m]:-}")" \
-            "$(ratio "${RES[haproxy.$m]:-}" "${RES[dnat.$m]:-}")"
+            "$(ratio "${RES[haproxy.$m]:-}" "${RES[dnat.$m]:-}")" \
+            "$(ratio "${RES[wasm.$m]:-}" "${RES[nodeportd.$m]:-}")"
     done
     echo
     echo "Ratios are A/B of the metric: above 1 means A is better for \"higher\" rows;" \
@@ -674,6 +705,7 @@ main() {
     selected dnat && path_dnat
     selected haproxy && path_haproxy
     selected nodeportd && path_nodeportd
+    selected wasm && path_nodeportd wasm consistent-hash
     print_table
     write_json
     if [[ $FAILURES -gt 0 ]]; then

@@ -8,6 +8,8 @@
 //!
 //! `cargo bench -p nodeportd-benches --bench scale -- [services] [endpoints] [changes] [workers]`
 
+mod daemon;
+
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -80,14 +82,9 @@ fn fds() -> usize {
         .unwrap_or(0)
 }
 
-/// Starts the release daemon on `services` manifest files and returns its VmRSS (KiB) once
-/// ready, or why it could not.
+/// Starts the release daemon on `services` manifest files and returns its VmRSS (KiB) and
+/// descriptors once ready, or why it could not.
 fn daemon_rss(services: usize, endpoints: usize, workers: usize) -> Result<(u64, usize), String> {
-    let bin = std::env::current_exe()
-        .ok()
-        .and_then(|p| Some(p.parent()?.parent()?.join("nodeportd")))
-        .filter(|p| p.exists())
-        .ok_or("target/release/nodeportd not found: cargo build --release -p nodeportd")?;
     let dir = std::env::temp_dir().join(format!("nodeportd-scale-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     for i in 0..services {
@@ -103,50 +100,14 @@ fn daemon_rss(services: usize, endpoints: usize, workers: usize) -> Result<(u64,
         );
         std::fs::write(dir.join(format!("svc-{i}.yaml")), text).map_err(|e| e.to_string())?;
     }
-    let admin = "127.0.0.1:10391";
-    let mut child = std::process::Command::new(bin)
-        .args(["run", "--manifests"])
-        .arg(&dir)
-        .args([
-            "--node-name",
-            "node-0",
-            "--nodeport-addresses",
-            "127.0.0.1/32",
-            "--admin-address",
-            admin,
-        ])
-        .args(["--workers", &workers.to_string()])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut result = Err("daemon not ready within 60 s".to_string());
-    while Instant::now() < deadline {
-        if let Ok(mut s) = std::net::TcpStream::connect(admin) {
-            use std::io::{Read, Write};
-            let _ = s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n");
-            let mut r = String::new();
-            let _ = s.read_to_string(&mut r);
-            if r.starts_with("HTTP/1.1 200") || r.starts_with("HTTP/1.0 200") {
-                let st = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
-                    .unwrap_or_default();
-                let rss = st
-                    .lines()
-                    .find(|l| l.starts_with("VmRSS:"))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0);
-                let fds = std::fs::read_dir(format!("/proc/{}/fd", child.id()))
-                    .map(|d| d.count())
-                    .unwrap_or(0);
-                result = Ok((rss, fds));
-                break;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    let workers = workers.to_string();
+    let result = daemon::Daemon::start(
+        &dir,
+        "127.0.0.1:10391",
+        &["--workers", &workers],
+        Duration::from_secs(60),
+    )
+    .map(|d| (d.rss_kib(), d.fds()));
     let _ = std::fs::remove_dir_all(&dir);
     result
 }

@@ -25,6 +25,8 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 
+echo "== building the WASM plugins (installs Debian's Rust for wasm32 on first run)"
+scripts/build-plugins.sh | tail -n +2
 echo "== building nodeportd"
 cargo build -q -p nodeportd
 bin=$root/target/debug/nodeportd
@@ -66,6 +68,7 @@ done
 echo "== starting nodeportd on deploy/examples (nodePorts on 127.0.0.0/8)"
 "$bin" run --manifests "$root/deploy/examples" --node-name demo-node \
   --nodeport-addresses 127.0.0.0/8 --admin-address 127.0.0.1:10256 \
+  --plugin-dir "$root/target/plugins" --plugin-cache-dir "$work/plugin-cache" \
   >"$work/nodeportd.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do
@@ -77,6 +80,21 @@ curl -sf http://127.0.0.1:10256/readyz >/dev/null || { cat "$work/nodeportd.log"
 echo
 echo "== 9 HTTP requests to the nodePort 127.0.0.1:30080 (Service demo/web, 3 ready endpoints)"
 for _ in $(seq 9); do curl -s --max-time 2 http://127.0.0.1:30080/ || echo "request failed"; done | sort | uniq -c
+
+echo
+echo "== WASM plugins: 9 requests to 127.0.0.1:30081 (Service demo/api: source-ranges, client-subnet-affinity, consistent-hash)"
+echo "   from 127.0.0.1, 127.0.0.5 and 127.0.0.9: one /24, so one endpoint for all of them"
+for src in 127.0.0.1 127.0.0.5 127.0.0.9; do
+  for _ in 1 2 3; do curl -s --max-time 2 --interface "$src" http://127.0.0.1:30081/ || echo "request failed"; done
+done | sed 's/, you are.*//' | sort | uniq -c
+echo "   from 127.0.0.200 (outside 127.0.0.0/25): refused by source-ranges"
+if curl -s --max-time 2 --interface 127.0.0.200 http://127.0.0.1:30081/ >/dev/null; then
+  echo "   unexpected: the request was served"
+else
+  echo "   connection reset, as the plugin said"
+fi
+echo "   plugin metrics:"
+curl -s http://127.0.0.1:10256/metrics | grep -E '^nodeportd_plugin_(calls_total|denials_total)' | grep -v ' 0$' | sed 's/^/   /'
 
 echo
 echo "== 4 UDP datagrams from one client to 127.0.0.1:30007 (Service demo/echo, ClientIP affinity)"

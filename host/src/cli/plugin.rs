@@ -9,7 +9,6 @@ use anyhow::Context;
 use prometheus_client::metrics::counter::Counter;
 
 use super::{PluginArgs, PluginCommand, PluginLimits};
-use crate::model::Family;
 use crate::plugin::bindings::types;
 use crate::plugin::chain::{address, protocol};
 use crate::plugin::{Instance, Plugin, Runtime};
@@ -138,7 +137,6 @@ fn bench(
         ipv6: false,
         local_traffic_policy: false,
     };
-    let _ = Family::V4;
     let t0 = Instant::now();
     inst.configure(&service, config)
         .map_err(|f| anyhow::anyhow!("configure failed: {f}"))?

@@ -175,10 +175,15 @@ impl Runtime {
             .map(|d| d.join(format!("{digest}.cwasm")));
         let mut component = None;
         if let Some(path) = cached.as_ref().filter(|p| p.exists()) {
-            // SAFETY: the file was written by `serialize` below into the operator's cache
-            // directory; wasmtime checks that it was made by this engine version and config
-            // and refuses it otherwise (it is then recompiled and replaced).
-            match unsafe { Component::deserialize_file(&self.engine, path) } {
+            // Read into memory rather than mapped: a cache file truncated under a mapping
+            // would fault the daemon (SIGBUS) the next time that code is touched.
+            let loaded = std::fs::read(path)
+                .map_err(wasmtime::Error::from)
+                // SAFETY: the bytes come from `serialize` below, written into the operator's
+                // cache directory; wasmtime checks that they were made by this engine version
+                // and config and refuses them otherwise (then we recompile and replace them).
+                .and_then(|code| unsafe { Component::deserialize(&self.engine, code) });
+            match loaded {
                 Ok(c) => component = Some(c),
                 Err(e) => {
                     tracing::info!(path = %path.display(), error = %e, "cached plugin code not usable; recompiling")

@@ -350,12 +350,12 @@ impl WorkerPlugins {
         let plugin = &*slot.plugin.name;
         let service = chain.service_name();
         if disable {
-            slot.disabled_until = Some(now + slot.backoff);
-            tracing::error!(%service, plugin, worker, failure = %failure, backoff = ?slot.backoff,
-                "plugin keeps failing; disabled on this worker, the failure policy ({}) decides meanwhile", chain.policy.as_str());
             if slot.probation {
                 slot.backoff = (slot.backoff * 2).min(MAX_BACKOFF);
             }
+            slot.disabled_until = Some(now + slot.backoff);
+            tracing::error!(%service, plugin, worker, failure = %failure, backoff = ?slot.backoff,
+                "plugin keeps failing; disabled on this worker, the failure policy ({}) decides meanwhile", chain.policy.as_str());
             slot.probation = false;
             slot.streak = 0;
             slot.live = None;

@@ -1,0 +1,220 @@
+//! The cost of a WASM decision per new flow, as a worker makes it (`WorkerPlugins`: flow
+//! record, deadline arming, the call, its latency histogram) against the same plugin code
+//! compiled natively and the native default (kube-proxy's random choice), plus instantiation
+//! from the pre-instantiated template. Needs `scripts/build-plugins.sh` first.
+//!
+//! select: consistent-hash over 16 endpoints; admit: source-ranges with 3 ranges.
+
+use std::hint::black_box;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use nodeport_plugin::{Admission, Plugin, Selection};
+use nodeportd::admin::metrics::Metrics;
+use nodeportd::balance::random::Random;
+use nodeportd::balance::{FlowInfo, Selector};
+use nodeportd::model::{
+    Backend, FailurePolicy, Family, Frontend, FrontendKey, PluginRef, PluginSpec, Protocol,
+    ServiceKey, TrafficPolicy,
+};
+use nodeportd::plugin::{Chain, Directory, Instance, Runtime, RuntimeConfig, WorkerPlugins};
+
+const RANGES: &str = "10.0.0.0/8, 198.18.0.0/15, 2001:db8::/32";
+
+fn plugin_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/plugins");
+    assert!(
+        dir.join("consistent-hash.wasm").is_file(),
+        "run scripts/build-plugins.sh first"
+    );
+    dir
+}
+
+fn backends(n: u32) -> Arc<[Backend]> {
+    (0..n)
+        .map(|i| Backend {
+            addr: SocketAddr::from(([198, 19, (i >> 8) as u8, i as u8], 8080)),
+            node_local: false,
+            zone: None,
+            ready: true,
+            serving: true,
+            terminating: false,
+        })
+        .collect()
+}
+
+fn frontend(plugin: &str, config: &str, b: &Arc<[Backend]>) -> Frontend {
+    Frontend {
+        key: FrontendKey {
+            protocol: Protocol::Tcp,
+            node_port: 30080,
+        },
+        service: ServiceKey::new(Some("bench"), "svc"),
+        port_name: "http".into(),
+        families: vec![Family::V4],
+        v4: b.clone(),
+        v6: Arc::from(Vec::new()),
+        serving: Arc::from(Vec::new()),
+        affinity: None,
+        policy: TrafficPolicy::Cluster,
+        plugins: Some(Arc::new(PluginSpec {
+            chain: vec![PluginRef {
+                name: plugin.into(),
+                config: config.into(),
+            }],
+            failure_policy: FailurePolicy::Open,
+        })),
+    }
+}
+
+fn chain(dir: &mut Directory, plugin: &str, config: &str, b: &Arc<[Backend]>) -> Arc<Chain> {
+    dir.resolve(&frontend(plugin, config, b), None)
+        .expect("resolve")
+        .expect("a chain")
+}
+
+fn flow(i: u64) -> FlowInfo {
+    FlowInfo::new(
+        0,
+        i,
+        FrontendKey {
+            protocol: Protocol::Tcp,
+            node_port: 30080,
+        },
+        SocketAddr::from((
+            [198, 18, (i >> 8) as u8, i as u8],
+            40000 + (i % 20000) as u16,
+        )),
+        SocketAddr::from(([198, 18, 255, 1], 30080)),
+    )
+}
+
+fn record(chain: &Chain, f: &FlowInfo) -> nodeportd::plugin::chain::types::Flow {
+    nodeportd::plugin::chain::types::Flow {
+        id: f.id,
+        handle: chain.handle(Family::V4),
+        protocol: nodeportd::plugin::chain::protocol(Protocol::Tcp),
+        client: nodeportd::plugin::chain::address(f.client.ip()),
+        client_port: f.client.port(),
+        node: nodeportd::plugin::chain::address(f.node.ip()),
+        node_port: f.node.port(),
+        hash: f.hash,
+    }
+}
+
+fn sdk_flow(f: &FlowInfo) -> nodeport_plugin::Flow {
+    nodeport_plugin::Flow {
+        id: f.id,
+        handle: 0,
+        protocol: nodeport_plugin::Protocol::Tcp,
+        client: f.client.ip(),
+        client_port: f.client.port(),
+        node: f.node.ip(),
+        node_port: f.node.port(),
+        hash: f.hash,
+    }
+}
+
+fn sdk_service() -> nodeport_plugin::Service {
+    nodeport_plugin::Service {
+        handle: 0,
+        namespace: "bench".into(),
+        name: "svc".into(),
+        port_name: "http".into(),
+        node_port: 30080,
+        protocol: nodeport_plugin::Protocol::Tcp,
+        ipv6: false,
+        local_traffic_policy: false,
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let metrics = Arc::new(Metrics::new());
+    let rt = Runtime::new(
+        RuntimeConfig::default(),
+        metrics.plugin_logs_dropped.clone(),
+    )
+    .expect("runtime");
+    let mut dir = Directory::new(rt.clone(), plugin_dir(), metrics);
+    let b16 = backends(16);
+    let flows: Vec<FlowInfo> = (0..4096).map(flow).collect();
+
+    // select
+    let ch = chain(&mut dir, "consistent-hash", "", &b16);
+    let mut worker = WorkerPlugins::new(Some(rt.clone()), 0);
+    worker.attach(&ch);
+    let now = Instant::now();
+    let mut g = c.benchmark_group("select_16_endpoints");
+    let mut i = 0usize;
+    g.bench_function("wasm_consistent_hash", |b| {
+        b.iter(|| {
+            i = (i + 1) & 4095;
+            let r = record(&ch, &flows[i]);
+            black_box(worker.select(&ch, Family::V4, r, &b16, &[], now))
+        })
+    });
+    let mut native = nodeport_consistent_hash::ConsistentHash::default();
+    native.set_backends(
+        0,
+        b16.iter()
+            .map(|b| nodeport_plugin::Backend {
+                addr: b.addr.ip(),
+                port: b.addr.port(),
+                node_local: false,
+                zone: String::new(),
+                ready: true,
+                serving: true,
+                terminating: false,
+                weight: 1,
+            })
+            .collect(),
+    );
+    let sdk_flows: Vec<nodeport_plugin::Flow> = flows.iter().map(sdk_flow).collect();
+    g.bench_function("native_consistent_hash", |b| {
+        b.iter(|| {
+            i = (i + 1) & 4095;
+            black_box(native.select(&sdk_flows[i], None))
+        })
+    });
+    let mut random = Random::new(1);
+    g.bench_function("native_default_random", |b| {
+        b.iter(|| {
+            i = (i + 1) & 4095;
+            black_box(random.select(&flows[i], &b16, &[]))
+        })
+    });
+    g.finish();
+
+    // admit
+    let ch = chain(&mut dir, "source-ranges", RANGES, &b16);
+    worker.attach(&ch);
+    let mut g = c.benchmark_group("admit_3_ranges");
+    g.bench_function("wasm_source_ranges", |b| {
+        b.iter(|| {
+            i = (i + 1) & 4095;
+            let r = record(&ch, &flows[i]);
+            black_box(worker.admit(&ch, Family::V4, r, now))
+        })
+    });
+    let mut native = nodeport_source_ranges::SourceRanges::default();
+    native.configure(&sdk_service(), RANGES).expect("config");
+    g.bench_function("native_source_ranges", |b| {
+        b.iter(|| {
+            i = (i + 1) & 4095;
+            black_box(native.admit(&sdk_flows[i]))
+        })
+    });
+    g.finish();
+
+    // instantiation from the template (a pooling slot, no compilation)
+    let plugin = dir.get("consistent-hash").expect("plugin");
+    c.bench_function("instantiate_consistent_hash", |b| {
+        b.iter(|| black_box(Instance::new(&rt, &plugin, 0, 1).map(drop).is_ok()))
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
