@@ -86,7 +86,10 @@ fn selection_plugin_routes_where_it_says() {
         "nodeportd_plugin_call_duration_seconds_count",
         &["plugin=\"pin\"", "role=\"selection\""],
     );
-    assert!(hist >= 30.0, "latency histogram count: {hist}");
+    assert!(
+        hist >= 3.0,
+        "latency histogram (one call in 8 sampled) count: {hist}"
+    );
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! Prometheus metrics. Families live here; each frontend gets its own handles once, when it is
 //! programmed, so workers only touch atomics on the flow path (no label lookup, no lock).
 
+use std::sync::{Arc, OnceLock};
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -61,18 +63,49 @@ plugin_labels!(PluginRoleLabels, role);
 plugin_labels!(PluginReasonLabels, reason);
 plugin_labels!(PluginKindLabels, kind);
 
-/// The label set of `fe` and `plugin` with a last label.
+/// The label set of a [`PluginBase`] with a last label.
 macro_rules! plugin_label {
-    ($fe:expr, $plugin:expr, $ty:ident, $last:ident, $v:expr) => {
+    ($base:expr, $ty:ident, $last:ident, $v:expr) => {
         $ty {
-            service: $fe.service.to_string(),
-            port: $fe.port_name.clone(),
-            protocol: $fe.key.protocol.as_str().to_string(),
-            node_port: $fe.key.node_port,
-            plugin: $plugin.to_string(),
+            service: $base.service.clone(),
+            port: $base.port.clone(),
+            protocol: $base.protocol.clone(),
+            node_port: $base.node_port,
+            plugin: $base.plugin.clone(),
             $last: $v,
         }
     };
+}
+
+/// The labels every series of one (Service port, plugin) pair shares.
+#[derive(Clone, Debug)]
+struct PluginBase {
+    service: String,
+    port: String,
+    protocol: String,
+    node_port: u16,
+    plugin: String,
+}
+
+impl PluginBase {
+    fn new(fe: &Frontend, plugin: &str) -> Self {
+        Self {
+            service: fe.service.to_string(),
+            port: fe.port_name.clone(),
+            protocol: fe.key.protocol.as_str().to_string(),
+            node_port: fe.key.node_port,
+            plugin: plugin.to_string(),
+        }
+    }
+}
+
+/// The plugin metric families (cheap clones of shared handles).
+#[derive(Clone, Debug, Default)]
+struct PluginFamilies {
+    calls: Family<PluginRoleLabels, Counter>,
+    latency: Family<PluginRoleLabels, LatencyHistogram>,
+    denials: Family<PluginReasonLabels, Counter>,
+    failures: Family<PluginKindLabels, Counter>,
 }
 
 /// Plugin roles, in the order of `PluginMetrics` arrays.
@@ -106,37 +139,84 @@ pub const DENY_REASONS: [&str; 4] = [
     "policy",
 ];
 
-/// One (Service port, plugin) pair's handles: atomics only, no lock on the flow path.
-#[derive(Clone, Debug, Default)]
-pub struct PluginMetrics {
-    calls: [Counter; 3],
-    latency: [LatencyHistogram; 3],
-    denials: [Counter; 4],
-    failures: [Counter; 7],
+/// One (Service port, plugin) pair's series, each created on first use: 10,000 Services with
+/// two plugins would otherwise hold 340,000 mostly-zero series. After the first use a series
+/// is a lock-free `OnceLock` read plus atomics; only its creation takes the family's lock.
+#[derive(Clone, Debug)]
+pub struct PluginMetrics(Arc<PluginSeries>);
+
+#[derive(Debug)]
+struct PluginSeries {
+    base: PluginBase,
+    families: PluginFamilies,
+    calls: [OnceLock<Counter>; 3],
+    latency: [OnceLock<LatencyHistogram>; 3],
+    denials: [OnceLock<Counter>; 4],
+    failures: [OnceLock<Counter>; 7],
 }
 
 impl PluginMetrics {
-    /// Counts a call of `role` that took `ns` nanoseconds.
-    pub fn call(&self, role: Role, ns: u64) {
-        self.calls[role as usize].inc();
-        self.latency[role as usize].observe_ns(ns);
+    fn calls(&self, role: Role) -> &Counter {
+        let s = &self.0;
+        s.calls[role as usize].get_or_init(|| {
+            handle(
+                &s.families.calls,
+                &plugin_label!(s.base, PluginRoleLabels, role, role.label()),
+            )
+        })
+    }
+
+    /// Counts a call of `role`.
+    pub fn call(&self, role: Role) {
+        self.calls(role).inc();
+    }
+
+    /// Counts a call of `role` that was timed: it took `ns` nanoseconds.
+    pub fn timed_call(&self, role: Role, ns: u64) {
+        self.calls(role).inc();
+        let s = &self.0;
+        s.latency[role as usize]
+            .get_or_init(|| {
+                handle(
+                    &s.families.latency,
+                    &plugin_label!(s.base, PluginRoleLabels, role, role.label()),
+                )
+            })
+            .observe_ns(ns);
     }
 
     /// Counts a denial (`reason` indexes DENY_REASONS).
     pub fn deny(&self, reason: usize) {
-        if let Some(c) = self.denials.get(reason) {
-            c.inc();
+        let s = &self.0;
+        if let (Some(cell), Some(label)) = (s.denials.get(reason), DENY_REASONS.get(reason)) {
+            cell.get_or_init(|| {
+                handle(
+                    &s.families.denials,
+                    &plugin_label!(s.base, PluginReasonLabels, reason, label),
+                )
+            })
+            .inc();
         }
+    }
+
+    fn failure_counter(&self, kind: FailureKind) -> &Counter {
+        let s = &self.0;
+        s.failures[kind as usize].get_or_init(|| {
+            handle(
+                &s.families.failures,
+                &plugin_label!(s.base, PluginKindLabels, kind, kind.as_str()),
+            )
+        })
     }
 
     /// Counts a failure.
     pub fn fail(&self, kind: FailureKind) {
-        self.failures[kind as usize].inc();
+        self.failure_counter(kind).inc();
     }
 
     /// Failures of one kind so far.
     pub fn failures(&self, kind: FailureKind) -> u64 {
-        self.failures[kind as usize].get()
+        self.0.failures[kind as usize].get().map_or(0, |c| c.get())
     }
 }
 
@@ -235,10 +315,7 @@ pub struct Metrics {
     pub config_errors: Counter,
     /// nodePort sockets open.
     pub listeners: Gauge,
-    plugin_calls: Family<PluginRoleLabels, Counter>,
-    plugin_latency: Family<PluginRoleLabels, LatencyHistogram>,
-    plugin_denials: Family<PluginReasonLabels, Counter>,
-    plugin_failures: Family<PluginKindLabels, Counter>,
+    plugin: PluginFamilies,
     /// Plugin log lines dropped by the per-instance rate limit.
     pub plugin_logs_dropped: Counter,
     /// Plugins that failed to load, by reload attempt.
@@ -304,7 +381,7 @@ impl Metrics {
         );
         registry.register(
             "plugin_call_duration_seconds",
-            "Per-flow plugin call latency by role",
+            "Per-flow plugin call latency by role (one call in 8 is timed)",
             plugin_latency.clone(),
         );
         registry.register(
@@ -337,75 +414,47 @@ impl Metrics {
             endpoint_changes,
             config_errors,
             listeners,
-            plugin_calls,
-            plugin_latency,
-            plugin_denials,
-            plugin_failures,
+            plugin: PluginFamilies {
+                calls: plugin_calls,
+                latency: plugin_latency,
+                denials: plugin_denials,
+                failures: plugin_failures,
+            },
             plugin_logs_dropped,
             plugin_load_errors,
         }
     }
 
-    /// Handles for a (Service port, plugin) pair; the same atomics every time.
+    /// The series of a (Service port, plugin) pair (created on first use; the same atomics
+    /// every time).
     pub fn plugin(&self, fe: &Frontend, plugin: &str) -> PluginMetrics {
-        PluginMetrics {
-            calls: Role::ALL.map(|r| {
-                handle(
-                    &self.plugin_calls,
-                    &plugin_label!(fe, plugin, PluginRoleLabels, role, r.label()),
-                )
-            }),
-            latency: Role::ALL.map(|r| {
-                handle(
-                    &self.plugin_latency,
-                    &plugin_label!(fe, plugin, PluginRoleLabels, role, r.label()),
-                )
-            }),
-            denials: DENY_REASONS.map(|r| {
-                handle(
-                    &self.plugin_denials,
-                    &plugin_label!(fe, plugin, PluginReasonLabels, reason, r),
-                )
-            }),
-            failures: FailureKind::ALL.map(|k| {
-                handle(
-                    &self.plugin_failures,
-                    &plugin_label!(fe, plugin, PluginKindLabels, kind, k.as_str()),
-                )
-            }),
-        }
+        PluginMetrics(Arc::new(PluginSeries {
+            base: PluginBase::new(fe, plugin),
+            families: self.plugin.clone(),
+            calls: Default::default(),
+            latency: Default::default(),
+            denials: Default::default(),
+            failures: Default::default(),
+        }))
     }
 
     /// Removes the series of a (Service port, plugin) pair that no longer exists.
     pub fn forget_plugin(&self, fe: &Frontend, plugin: &str) {
+        let base = PluginBase::new(fe, plugin);
+        let f = &self.plugin;
         for r in Role::ALL {
-            self.plugin_calls.remove(&plugin_label!(
-                fe,
-                plugin,
-                PluginRoleLabels,
-                role,
-                r.label()
-            ));
-            self.plugin_latency.remove(&plugin_label!(
-                fe,
-                plugin,
-                PluginRoleLabels,
-                role,
-                r.label()
-            ));
+            f.calls
+                .remove(&plugin_label!(base, PluginRoleLabels, role, r.label()));
+            f.latency
+                .remove(&plugin_label!(base, PluginRoleLabels, role, r.label()));
         }
         for r in DENY_REASONS {
-            self.plugin_denials
-                .remove(&plugin_label!(fe, plugin, PluginReasonLabels, reason, r));
+            f.denials
+                .remove(&plugin_label!(base, PluginReasonLabels, reason, r));
         }
         for k in FailureKind::ALL {
-            self.plugin_failures.remove(&plugin_label!(
-                fe,
-                plugin,
-                PluginKindLabels,
-                kind,
-                k.as_str()
-            ));
+            f.failures
+                .remove(&plugin_label!(base, PluginKindLabels, kind, k.as_str()));
         }
     }
 
