@@ -133,8 +133,9 @@ fn main() {
         touched
     );
     println!(
-        "  plugin runtime cost: {:.1} MiB with every Service configured in every instance; {selects} plugin calls, {failures} failures, {fds} descriptors",
-        (after as f64 - base_after as f64) / 1024.0
+        "  plugin runtime cost: {:.1} MiB with every Service configured in every instance; {selects} plugin calls, {} failures, {fds} descriptors",
+        (after as f64 - base_after as f64) / 1024.0,
+        failures.abs()
     );
     drop(d);
     let _ = std::fs::remove_dir_all(&dir);

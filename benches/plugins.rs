@@ -6,7 +6,6 @@
 //! select: consistent-hash over 16 endpoints; admit: source-ranges with 3 ranges.
 
 use std::hint::black_box;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,11 +15,9 @@ use nodeport_plugin::{Admission, Plugin, Selection};
 use nodeportd::admin::metrics::Metrics;
 use nodeportd::balance::random::Random;
 use nodeportd::balance::{FlowInfo, Selector};
-use nodeportd::model::{
-    Backend, FailurePolicy, Family, Frontend, FrontendKey, PluginRef, PluginSpec, Protocol,
-    ServiceKey, TrafficPolicy,
-};
+use nodeportd::model::{Backend, Family};
 use nodeportd::plugin::{Chain, Directory, Instance, Runtime, RuntimeConfig, WorkerPlugins};
+use nodeportd_e2e::rig;
 
 const RANGES: &str = "10.0.0.0/8, 198.18.0.0/15, 2001:db8::/32";
 
@@ -33,76 +30,10 @@ fn plugin_dir() -> PathBuf {
     dir
 }
 
-fn backends(n: u32) -> Arc<[Backend]> {
-    (0..n)
-        .map(|i| Backend {
-            addr: SocketAddr::from(([198, 19, (i >> 8) as u8, i as u8], 8080)),
-            node_local: false,
-            zone: None,
-            ready: true,
-            serving: true,
-            terminating: false,
-        })
-        .collect()
-}
-
-fn frontend(plugin: &str, config: &str, b: &Arc<[Backend]>) -> Frontend {
-    Frontend {
-        key: FrontendKey {
-            protocol: Protocol::Tcp,
-            node_port: 30080,
-        },
-        service: ServiceKey::new(Some("bench"), "svc"),
-        port_name: "http".into(),
-        families: vec![Family::V4],
-        v4: b.clone(),
-        v6: Arc::from(Vec::new()),
-        serving: Arc::from(Vec::new()),
-        affinity: None,
-        policy: TrafficPolicy::Cluster,
-        plugins: Some(Arc::new(PluginSpec {
-            chain: vec![PluginRef {
-                name: plugin.into(),
-                config: config.into(),
-            }],
-            failure_policy: FailurePolicy::Open,
-        })),
-    }
-}
-
 fn chain(dir: &mut Directory, plugin: &str, config: &str, b: &Arc<[Backend]>) -> Arc<Chain> {
-    dir.resolve(&frontend(plugin, config, b), None)
+    dir.resolve(&rig::frontend(plugin, config, b), None)
         .expect("resolve")
         .expect("a chain")
-}
-
-fn flow(i: u64) -> FlowInfo {
-    FlowInfo::new(
-        0,
-        i,
-        FrontendKey {
-            protocol: Protocol::Tcp,
-            node_port: 30080,
-        },
-        SocketAddr::from((
-            [198, 18, (i >> 8) as u8, i as u8],
-            40000 + (i % 20000) as u16,
-        )),
-        SocketAddr::from(([198, 18, 255, 1], 30080)),
-    )
-}
-
-fn record(chain: &Chain, f: &FlowInfo) -> nodeportd::plugin::chain::types::Flow {
-    nodeportd::plugin::chain::types::Flow {
-        id: f.id,
-        handle: chain.handle(Family::V4),
-        protocol: nodeportd::plugin::chain::protocol(Protocol::Tcp),
-        client: nodeportd::plugin::chain::address(f.client.ip()),
-        client_port: f.client.port(),
-        node: nodeportd::plugin::chain::address(f.node.ip()),
-        node_port: f.node.port(),
-        hash: f.hash,
-    }
 }
 
 fn sdk_flow(f: &FlowInfo) -> nodeport_plugin::Flow {
@@ -139,8 +70,8 @@ fn bench(c: &mut Criterion) {
     )
     .expect("runtime");
     let mut dir = Directory::new(rt.clone(), plugin_dir(), metrics);
-    let b16 = backends(16);
-    let flows: Vec<FlowInfo> = (0..4096).map(flow).collect();
+    let b16 = rig::backends(16);
+    let flows: Vec<FlowInfo> = (0..4096).map(rig::flow).collect();
 
     // select
     let ch = chain(&mut dir, "consistent-hash", "", &b16);
@@ -152,7 +83,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("wasm_consistent_hash", |b| {
         b.iter(|| {
             i = (i + 1) & 4095;
-            let r = record(&ch, &flows[i]);
+            let r = rig::record(&ch, &flows[i]);
             black_box(worker.select(&ch, Family::V4, r, &b16, &[], now))
         })
     });
@@ -195,7 +126,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("wasm_source_ranges", |b| {
         b.iter(|| {
             i = (i + 1) & 4095;
-            let r = record(&ch, &flows[i]);
+            let r = rig::record(&ch, &flows[i]);
             black_box(worker.admit(&ch, Family::V4, r, now))
         })
     });

@@ -13,14 +13,7 @@ use nodeportd::model::{Backend, FrontendKey, Protocol};
 
 fn backends(n: u32) -> Vec<Backend> {
     (0..n)
-        .map(|i| Backend {
-            addr: SocketAddr::from(([198, 19, (i >> 8) as u8, i as u8], 8080)),
-            node_local: false,
-            zone: None,
-            ready: true,
-            serving: true,
-            terminating: false,
-        })
+        .map(|i| Backend::ready(SocketAddr::from(([198, 19, (i >> 8) as u8, i as u8], 8080))))
         .collect()
 }
 

@@ -9,14 +9,6 @@ use std::time::Duration;
 
 use nodeportd_e2e::*;
 
-fn metric_with(d: &Daemon, name: &str, labels: &[&str]) -> f64 {
-    d.metrics()
-        .lines()
-        .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum()
-}
-
 struct Setup {
     d: Daemon,
     open: u16,
@@ -82,8 +74,7 @@ fn contained(plugin: &str, kind: &str, extra: &[&str]) -> Setup {
         );
     }
     wait_for(Duration::from_secs(5), "failures counted", || {
-        metric_with(
-            &s.d,
+        s.d.metric_with(
             "nodeportd_plugin_failures_total",
             &[
                 "service=\"e2e/open\"",
@@ -91,15 +82,13 @@ fn contained(plugin: &str, kind: &str, extra: &[&str]) -> Setup {
                 &format!("kind=\"{kind}\""),
             ],
         ) >= 1.0
-            && metric_with(
-                &s.d,
+            && s.d.metric_with(
                 "nodeportd_flows_refused_total",
                 &["service=\"e2e/closed\"", "reason=\"plugin_failed\""],
             ) >= 5.0
     });
     // Repeated failures disable the plugin (calls are then skipped, counted as disabled).
-    let disabled = metric_with(
-        &s.d,
+    let disabled = s.d.metric_with(
         "nodeportd_plugin_failures_total",
         &["service=\"e2e/open\"", "kind=\"disabled\""],
     );

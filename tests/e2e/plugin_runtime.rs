@@ -3,58 +3,16 @@
 //! updates reaching `set-backends`, the contract check and the on-disk compile cache. Time is
 //! passed in (`now`), so backoff is checked without sleeping.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nodeportd::admin::metrics::Metrics;
-use nodeportd::balance::FlowInfo;
-use nodeportd::model::{
-    Backend, FailurePolicy, Family, Frontend, FrontendKey, PluginRef, PluginSpec, Protocol,
-    ServiceKey, TrafficPolicy,
-};
-use nodeportd::plugin::chain::{address, protocol, types};
+use nodeportd::model::{Backend, Family};
+use nodeportd::plugin::chain::types;
 use nodeportd::plugin::{
     Admit, Chain, Directory, FailureKind, Runtime, RuntimeConfig, WorkerPlugins,
 };
-use nodeportd_e2e::{built_plugin, PluginDir};
-
-fn backends(n: u8) -> Arc<[Backend]> {
-    (0..n)
-        .map(|i| Backend {
-            addr: SocketAddr::from(([198, 19, 0, i + 1], 8080)),
-            node_local: false,
-            zone: None,
-            ready: true,
-            serving: true,
-            terminating: false,
-        })
-        .collect()
-}
-
-fn frontend(plugin: &str, config: &str, b: &Arc<[Backend]>) -> Frontend {
-    Frontend {
-        key: FrontendKey {
-            protocol: Protocol::Tcp,
-            node_port: 30080,
-        },
-        service: ServiceKey::new(Some("rt"), "svc"),
-        port_name: "http".into(),
-        families: vec![Family::V4],
-        v4: b.clone(),
-        v6: Arc::from(Vec::new()),
-        serving: Arc::from(Vec::new()),
-        affinity: None,
-        policy: TrafficPolicy::Cluster,
-        plugins: Some(Arc::new(PluginSpec {
-            chain: vec![PluginRef {
-                name: plugin.into(),
-                config: config.into(),
-            }],
-            failure_policy: FailurePolicy::Open,
-        })),
-    }
-}
+use nodeportd_e2e::{built_plugin, rig, PluginDir};
 
 struct Rig {
     rt: Arc<Runtime>,
@@ -62,7 +20,7 @@ struct Rig {
     _pd: PluginDir,
 }
 
-fn rig(plugins: &[&str], cfg: RuntimeConfig) -> Rig {
+fn setup(plugins: &[&str], cfg: RuntimeConfig) -> Rig {
     let pd = PluginDir::with(plugins);
     let metrics = Arc::new(Metrics::new());
     let rt = Runtime::new(cfg, metrics.plugin_logs_dropped.clone()).expect("runtime");
@@ -72,32 +30,13 @@ fn rig(plugins: &[&str], cfg: RuntimeConfig) -> Rig {
 
 fn chain(r: &mut Rig, plugin: &str, config: &str, b: &Arc<[Backend]>) -> Arc<Chain> {
     r.dir
-        .resolve(&frontend(plugin, config, b), None)
+        .resolve(&rig::frontend(plugin, config, b), None)
         .expect("resolves")
         .expect("a chain")
 }
 
 fn flow(chain: &Chain, i: u64) -> types::Flow {
-    let f = FlowInfo::new(
-        0,
-        i,
-        FrontendKey {
-            protocol: Protocol::Tcp,
-            node_port: 30080,
-        },
-        SocketAddr::from(([198, 18, 0, 2], 40000 + i as u16)),
-        SocketAddr::from(([198, 18, 0, 1], 30080)),
-    );
-    types::Flow {
-        id: f.id,
-        handle: chain.handle(Family::V4),
-        protocol: protocol(Protocol::Tcp),
-        client: address(f.client.ip()),
-        client_port: f.client.port(),
-        node: address(f.node.ip()),
-        node_port: f.node.port(),
-        hash: f.hash,
-    }
+    rig::record(chain, &rig::flow(i))
 }
 
 fn failures(chain: &Chain, kind: FailureKind) -> u64 {
@@ -106,8 +45,8 @@ fn failures(chain: &Chain, kind: FailureKind) -> u64 {
 
 #[test]
 fn trap_disables_with_backoff_and_probation_doubles_it() {
-    let mut r = rig(&["hostile/trap"], RuntimeConfig::default());
-    let b = backends(3);
+    let mut r = setup(&["hostile/trap"], RuntimeConfig::default());
+    let b = rig::backends(3);
     let ch = chain(&mut r, "trap", "", &b);
     let mut w = WorkerPlugins::new(Some(r.rt.clone()), 0);
     w.attach(&ch);
@@ -172,8 +111,8 @@ fn endless_loop_is_cut_at_the_deadline_and_memory_at_the_cap() {
         memory_limit: 4 << 20,
         ..Default::default()
     };
-    let mut r = rig(&["hostile/spin", "hostile/grow"], cfg);
-    let b = backends(2);
+    let mut r = setup(&["hostile/spin", "hostile/grow"], cfg);
+    let b = rig::backends(2);
     let spin = chain(&mut r, "spin", "", &b);
     let grow = chain(&mut r, "grow", "", &b);
     let mut w = WorkerPlugins::new(Some(r.rt.clone()), 0);
@@ -204,8 +143,8 @@ fn endless_loop_is_cut_at_the_deadline_and_memory_at_the_cap() {
 
 #[test]
 fn bad_answers_are_failures_but_keep_the_instance() {
-    let mut r = rig(&["hostile/bad-index"], RuntimeConfig::default());
-    let b = backends(3);
+    let mut r = setup(&["hostile/bad-index"], RuntimeConfig::default());
+    let b = rig::backends(3);
     let ch = chain(&mut r, "bad-index", "", &b);
     let mut w = WorkerPlugins::new(Some(r.rt.clone()), 0);
     w.attach(&ch);
@@ -230,8 +169,8 @@ fn bad_answers_are_failures_but_keep_the_instance() {
 
 #[test]
 fn endpoint_changes_reach_the_plugin_and_retries_exclude_failures() {
-    let mut r = rig(&["consistent-hash"], RuntimeConfig::default());
-    let b3 = backends(3);
+    let mut r = setup(&["consistent-hash"], RuntimeConfig::default());
+    let b3 = rig::backends(3);
     let ch = chain(&mut r, "consistent-hash", "", &b3);
     let mut w = WorkerPlugins::new(Some(r.rt.clone()), 0);
     w.attach(&ch);
@@ -291,7 +230,7 @@ fn endpoint_changes_reach_the_plugin_and_retries_exclude_failures() {
 
 #[test]
 fn contract_errors_say_what_is_wrong() {
-    let mut r = rig(&["hostile/wrong-exports"], RuntimeConfig::default());
+    let mut r = setup(&["hostile/wrong-exports"], RuntimeConfig::default());
     let e = r.dir.get("wrong-exports").unwrap_err();
     assert!(
         e.contains("does not export nodeport:plugin/lifecycle@0.1.0"),

@@ -12,15 +12,6 @@ use std::time::{Duration, Instant};
 
 use nodeportd_e2e::*;
 
-/// Sum of the series of metric `name` whose line contains every one of `labels`.
-fn metric_with(d: &Daemon, name: &str, labels: &[&str]) -> f64 {
-    d.metrics()
-        .lines()
-        .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum()
-}
-
 fn start(pd: &PluginDir, m: &Manifests, extra: &[&str]) -> Daemon {
     let mut args = pd.args();
     args.extend(extra.iter().map(|s| s.to_string()));
@@ -32,30 +23,53 @@ fn pin(port: u16) -> String {
     format!("port={port}")
 }
 
-#[test]
-fn selection_plugin_routes_where_it_says() {
+/// Backends a, b, c and a manifests directory with `svc` (on its own nodePort, returned
+/// first) and a Service "plain" without plugins (second), both over those backends.
+struct WithPlain {
+    backends: Vec<TcpBackend>,
+    m: Manifests,
+    np: u16,
+    plain: u16,
+}
+
+fn with_plain(svc: impl FnOnce(&[SocketAddr]) -> Service) -> WithPlain {
     let backends: Vec<TcpBackend> = ["a", "b", "c"]
         .iter()
         .map(|id| TcpBackend::local(id))
         .collect();
     let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr()).collect();
     let (np, plain) = (node_port(), node_port());
+    let svc = svc(&addrs);
+    let name = svc.name().to_string();
     let m = Manifests::new();
     m.write(
         "svc.yaml",
         &docs(&[
-            Service::new("pinned")
-                .tcp("http", np)
-                .plugins("pin")
-                .plugin_config("pin", &pin(addrs[1].port()))
-                .yaml(),
-            slices("pinned", "http", "TCP", &addrs),
+            svc.tcp("http", np).yaml(),
+            slices(&name, "http", "TCP", &addrs),
             Service::new("plain").tcp("http", plain).yaml(),
             slices("plain", "http", "TCP", &addrs),
         ]),
     );
+    WithPlain {
+        backends,
+        m,
+        np,
+        plain,
+    }
+}
+
+#[test]
+fn selection_plugin_routes_where_it_says() {
+    let w = with_plain(|addrs| {
+        Service::new("pinned")
+            .plugins("pin")
+            .plugin_config("pin", &pin(addrs[1].port()))
+    });
+    let (np, plain) = (w.np, w.plain);
+    assert_eq!(w.backends[1].id(), "b");
     let pd = PluginDir::with(&["fixtures/pin"]);
-    let d = start(&pd, &m, &["--workers", "2"]);
+    let d = start(&pd, &w.m, &["--workers", "2"]);
     for i in 0..30 {
         let id = who(lo(np)).unwrap_or_else(|e| panic!("connection {i}: {e}\n{}", d.log()));
         assert_eq!(
@@ -71,8 +85,7 @@ fn selection_plugin_routes_where_it_says() {
         seen.len() >= 2,
         "the Service without plugins must balance: {seen:?}"
     );
-    let calls = metric_with(
-        &d,
+    let calls = d.metric_with(
         "nodeportd_plugin_calls_total",
         &[
             "service=\"e2e/pinned\"",
@@ -81,8 +94,7 @@ fn selection_plugin_routes_where_it_says() {
         ],
     );
     assert!(calls >= 30.0, "select calls counted: {calls}");
-    let hist = metric_with(
-        &d,
+    let hist = d.metric_with(
         "nodeportd_plugin_call_duration_seconds_count",
         &["plugin=\"pin\"", "role=\"selection\""],
     );
@@ -150,8 +162,7 @@ fn admission_plugin_resets_tcp_and_drops_udp() {
         "denied datagrams reached the endpoint"
     );
     wait_for(Duration::from_secs(5), "denials counted", || {
-        metric_with(
-            &d,
+        d.metric_with(
             "nodeportd_plugin_denials_total",
             &[
                 "service=\"e2e/gated\"",
@@ -159,8 +170,7 @@ fn admission_plugin_resets_tcp_and_drops_udp() {
                 "protocol=\"tcp\"",
             ],
         ) == 1.0
-            && metric_with(
-                &d,
+            && d.metric_with(
                 "nodeportd_flows_refused_total",
                 &[
                     "service=\"e2e/gated\"",
@@ -170,8 +180,7 @@ fn admission_plugin_resets_tcp_and_drops_udp() {
             ) == 3.0
     });
     // Three datagrams of one refused UDP flow: the plugin was asked once, not per datagram.
-    let udp_denials = metric_with(
-        &d,
+    let udp_denials = d.metric_with(
         "nodeportd_plugin_denials_total",
         &[
             "service=\"e2e/gated\"",
@@ -184,27 +193,10 @@ fn admission_plugin_resets_tcp_and_drops_udp() {
 
 #[test]
 fn affinity_plugin_keeps_a_key_on_one_endpoint_across_workers() {
-    let backends: Vec<TcpBackend> = ["a", "b", "c"]
-        .iter()
-        .map(|id| TcpBackend::local(id))
-        .collect();
-    let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr()).collect();
-    let (np, plain) = (node_port(), node_port());
-    let m = Manifests::new();
-    m.write(
-        "svc.yaml",
-        &docs(&[
-            Service::new("subnet")
-                .tcp("http", np)
-                .plugins("client-subnet-affinity")
-                .yaml(),
-            slices("subnet", "http", "TCP", &addrs),
-            Service::new("plain").tcp("http", plain).yaml(),
-            slices("plain", "http", "TCP", &addrs),
-        ]),
-    );
+    let w = with_plain(|_| Service::new("subnet").plugins("client-subnet-affinity"));
+    let (np, plain) = (w.np, w.plain);
     let pd = PluginDir::with(&["client-subnet-affinity"]);
-    let d = start(&pd, &m, &["--workers", "2"]);
+    let d = start(&pd, &w.m, &["--workers", "2"]);
     // Eight client addresses of one /24, five connections each: one endpoint for all.
     let mut seen = std::collections::BTreeSet::new();
     let mut plain_seen = std::collections::BTreeSet::new();
@@ -226,8 +218,7 @@ fn affinity_plugin_keeps_a_key_on_one_endpoint_across_workers() {
         plain_seen.len() >= 2,
         "without the plugin the clients spread: {plain_seen:?}"
     );
-    let keys = metric_with(
-        &d,
+    let keys = d.metric_with(
         "nodeportd_plugin_calls_total",
         &["plugin=\"client-subnet-affinity\"", "role=\"affinity\""],
     );
@@ -310,8 +301,7 @@ fn swapping_plugins_under_load_fails_no_connection() {
         Duration::from_secs(10),
         "consistent-hash in the path",
         || {
-            metric_with(
-                &d,
+            d.metric_with(
                 "nodeportd_plugin_calls_total",
                 &["plugin=\"consistent-hash\"", "role=\"selection\""],
             ) > 0.0
@@ -386,8 +376,7 @@ fn plugin_file_changes_swap_it_and_a_bad_file_keeps_the_old_one() {
         "new plugin version in force",
         || {
             who(lo(np)).is_ok()
-                && metric_with(
-                    &d,
+                && d.metric_with(
                     "nodeportd_plugin_failures_total",
                     &["service=\"e2e/filed\"", "kind=\"trap\""],
                 ) > 0.0
@@ -454,8 +443,7 @@ fn configure_refusal_and_missing_plugin_leave_the_native_default_and_say_why() {
         || d.log().contains("Service now runs the plugins it names"),
     );
     assert_eq!(who(lo(np2)).unwrap(), "a");
-    let calls = metric_with(
-        &d,
+    let calls = d.metric_with(
         "nodeportd_plugin_calls_total",
         &[
             "service=\"e2e/missing\"",

@@ -56,14 +56,7 @@ mod tests {
 
     fn backends(n: u8) -> Vec<Backend> {
         (0..n)
-            .map(|i| Backend {
-                addr: SocketAddr::from(([198, 18, 1, i], 80)),
-                node_local: false,
-                zone: None,
-                ready: true,
-                serving: true,
-                terminating: false,
-            })
+            .map(|i| Backend::ready(SocketAddr::from(([198, 18, 1, i], 80))))
             .collect()
     }
 

@@ -42,6 +42,21 @@ pub struct Backend {
     pub terminating: bool,
 }
 
+impl Backend {
+    /// A ready, serving endpoint with no zone, not on this node: what benches and tests
+    /// mostly need.
+    pub fn ready(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            node_local: false,
+            zone: None,
+            ready: true,
+            serving: true,
+            terminating: false,
+        }
+    }
+}
+
 /// One Service port as served on this node; immutable once built.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Frontend {
