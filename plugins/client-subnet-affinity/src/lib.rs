@@ -9,8 +9,9 @@
 //!   sessionAffinityConfig timeout, or 10800 s).
 //!
 //! Example: `v4=16,v6=48,ttl=300`.
-use nodeport_plugin::{config, export, mix, Affinity, AffinityKey, Flow, Plugin, Service};
-use std::collections::HashMap;
+use nodeport_plugin::{
+    config, export, mix, Affinity, AffinityKey, Flow, HandleMap, Plugin, Service,
+};
 use std::net::IpAddr;
 
 /// Parsed configuration of one Service port.
@@ -77,7 +78,7 @@ fn prefix(key: &str, value: &str, max: u8) -> Result<u8, String> {
 
 #[derive(Default)]
 pub struct ClientSubnetAffinity {
-    ports: HashMap<u32, Subnets>,
+    ports: HandleMap<Subnets>,
 }
 
 impl Plugin for ClientSubnetAffinity {

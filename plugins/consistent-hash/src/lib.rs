@@ -3,13 +3,12 @@
 //! come and go (only the flows of an endpoint that leaves move, and a new endpoint takes only
 //! the flows it now wins). Ready endpoints beat not-ready ones. A retry after a failed
 //! connect gets the next endpoint in the flow's ranking. No configuration.
-use nodeport_plugin::{export, mix, Backend, Flow, Plugin, Selection};
-use std::collections::HashMap;
+use nodeport_plugin::{export, mix, Backend, Flow, HandleMap, Plugin, Selection};
 
 /// Per Service handle: (endpoint identity hash, ready), in the host's index order.
 #[derive(Default)]
 pub struct ConsistentHash {
-    backends: HashMap<u32, Vec<(u64, bool)>>,
+    backends: HandleMap<Vec<(u64, bool)>>,
 }
 
 impl Plugin for ConsistentHash {
@@ -26,12 +25,20 @@ impl Selection for ConsistentHash {
 
     fn select(&mut self, flow: &Flow, excluded: Option<u32>) -> Option<u32> {
         let list = self.backends.get(&flow.handle)?;
-        let score = |i: usize| list.get(i).map(|&(h, up)| (up, mix(flow.hash ^ h), i));
+        // Rank: ready first (top bit), then the flow's score for the endpoint, then index.
+        let rank = |i: usize| {
+            list.get(i)
+                .map(|&(h, up)| ((up as u64) << 63 | mix(flow.hash ^ h) >> 1, i))
+        };
         // On a retry, every endpoint ranked at or above the one that failed has failed.
-        let below = excluded.and_then(|e| score(e as usize));
-        let candidates = (0..list.len()).filter_map(score);
-        let best = candidates.filter(|s| below.is_none_or(|b| *s < b)).max();
-        best.map(|(_, _, i)| i as u32)
+        let below = excluded.and_then(|e| rank(e as usize));
+        let mut best = None;
+        for r in (0..list.len()).filter_map(rank) {
+            if below.is_none_or(|b| r < b) && best.is_none_or(|b| r > b) {
+                best = Some(r);
+            }
+        }
+        best.map(|(_, i)| i as u32)
     }
 }
 

@@ -14,7 +14,7 @@
 //!
 //! Example: `rate=100/s,burst=20` or `rate=600/m,per=client`.
 use nodeport_plugin::{
-    config, export, Admission, DenyReason, Flow, Plugin, RandomState, Service, Verdict,
+    config, export, Admission, DenyReason, Flow, HandleMap, Plugin, RandomState, Service, Verdict,
 };
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -187,7 +187,7 @@ impl Port {
 
 #[derive(Default)]
 pub struct RateLimit {
-    ports: HashMap<u32, Port>,
+    ports: HandleMap<Port>,
 }
 
 impl Plugin for RateLimit {

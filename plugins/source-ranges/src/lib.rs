@@ -7,8 +7,7 @@
 //! config is an error rather than "deny all" or "allow all": either would silently do the
 //! opposite of what someone meant. Flows from outside every range are denied with
 //! `source-not-allowed`.
-use nodeport_plugin::{export, Admission, DenyReason, Flow, Plugin, Service, Verdict};
-use std::collections::HashMap;
+use nodeport_plugin::{export, Admission, DenyReason, Flow, HandleMap, Plugin, Service, Verdict};
 use std::net::IpAddr;
 
 /// A range in the 128-bit IPv6 space (IPv4 as IPv4-mapped), so one comparison serves both
@@ -73,7 +72,7 @@ pub fn parse_ranges(config: &str) -> Result<Vec<Range>, String> {
 
 #[derive(Default)]
 pub struct SourceRanges {
-    ranges: HashMap<u32, Vec<Range>>,
+    ranges: HandleMap<Vec<Range>>,
 }
 
 impl Plugin for SourceRanges {
