@@ -105,6 +105,29 @@ fn selection_plugin_routes_where_it_says() {
 }
 
 #[test]
+fn hashing_selection_plugins_spread_flows() {
+    for plugin in ["maglev", "consistent-hash"] {
+        let w = with_plain(|_| Service::new("hashed").plugins(plugin));
+        let pd = PluginDir::with(&[plugin]);
+        let d = start(&pd, &w.m, &["--workers", "2"]);
+        let mut seen = std::collections::BTreeSet::new();
+        for i in 0..40 {
+            seen.insert(who(lo(w.np)).unwrap_or_else(|e| panic!("{plugin}, connection {i}: {e}")));
+        }
+        assert_eq!(
+            seen.len(),
+            3,
+            "{plugin}: 40 flows hashed over 3 endpoints: {seen:?}"
+        );
+        let calls = d.metric_with(
+            "nodeportd_plugin_calls_total",
+            &[&format!("plugin=\"{plugin}\""), "role=\"selection\""],
+        );
+        assert!(calls >= 40.0, "{plugin}: select calls {calls}");
+    }
+}
+
+#[test]
 fn admission_plugin_resets_tcp_and_drops_udp() {
     let tcp = TcpBackend::local("t");
     let udp = UdpBackend::local("u");
