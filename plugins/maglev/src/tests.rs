@@ -1,39 +1,8 @@
 use super::*;
-use nodeport_plugin::Protocol;
+use nodeport_plugin::testing::{backend, flow};
 
-fn backend(i: u32, ready: bool) -> Backend {
-    Backend {
-        addr: std::net::Ipv4Addr::from(0x0a00_0000 + i).into(),
-        port: 8080,
-        node_local: false,
-        zone: String::new(),
-        ready,
-        serving: ready,
-        terminating: false,
-        weight: 1,
-    }
-}
-
-fn flow(hash: u64) -> Flow {
-    Flow {
-        id: hash,
-        handle: 1,
-        protocol: Protocol::Tcp,
-        client: "192.0.2.1".parse().unwrap(),
-        client_port: 40000,
-        node: "10.0.0.1".parse().unwrap(),
-        node_port: 30080,
-        hash: mix(hash),
-    }
-}
-
-/// The endpoint (as a backend id, not an index) each of `n` flows goes to.
 fn assignment(ids: &[u32], n: u64) -> Vec<u32> {
-    let mut p = Maglev::default();
-    p.set_backends(1, ids.iter().map(|&i| backend(i, true)).collect());
-    (0..n)
-        .map(|h| ids[p.select(&flow(h), None).unwrap() as usize])
-        .collect()
+    nodeport_plugin::testing::assignment::<Maglev>(ids, n)
 }
 
 #[test]

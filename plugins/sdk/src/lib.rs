@@ -14,7 +14,7 @@
 //!
 //! ```
 //! use nodeport_plugin::{export, mix, Backend, Flow, HandleMap, Plugin, Selection};
-//! //!
+//!
 //! /// Per Service handle: (endpoint identity hash, ready), in the host's index order.
 //! #[derive(Default)]
 //! pub struct ConsistentHash {
@@ -373,6 +373,51 @@ pub fn mix(mut x: u64) -> u64 {
     x ^= x >> 27;
     x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
     x ^ (x >> 31)
+}
+
+/// Helpers for plugins' native unit tests: endpoints, flows, and where a selection plugin
+/// sends a run of flows. Every plugin's tests need the same fixtures.
+pub mod testing {
+    use super::{mix, Backend, Flow, Protocol, Selection};
+
+    /// Endpoint number `i` (10.0.0.0 + i, port 8080).
+    pub fn backend(i: u32, ready: bool) -> Backend {
+        Backend {
+            addr: std::net::Ipv4Addr::from(0x0a00_0000 + i).into(),
+            port: 8080,
+            node_local: false,
+            zone: String::new(),
+            ready,
+            serving: ready,
+            terminating: false,
+            weight: 1,
+        }
+    }
+
+    /// A TCP flow of handle 1 whose host hash is `mix(n)`.
+    pub fn flow(n: u64) -> Flow {
+        Flow {
+            id: n,
+            handle: 1,
+            protocol: Protocol::Tcp,
+            client: std::net::Ipv4Addr::new(192, 0, 2, 1).into(),
+            client_port: 40000,
+            node: std::net::Ipv4Addr::new(10, 0, 0, 1).into(),
+            node_port: 30080,
+            hash: mix(n),
+        }
+    }
+
+    /// The endpoint (its number in `ids`, not its index) a fresh `S` picks for each of `n`
+    /// flows, with endpoints `ids` (all ready) on handle 1.
+    pub fn assignment<S: Selection>(ids: &[u32], n: u64) -> Vec<u32> {
+        let mut p = S::default();
+        p.set_backends(1, ids.iter().map(|&i| backend(i, true)).collect());
+        (0..n)
+            .filter_map(|h| p.select(&flow(h), None))
+            .map(|i| ids[i as usize])
+            .collect()
+    }
 }
 
 /// Helpers for the `key=value,key=value` configuration syntax the shipped plugins share.
