@@ -36,29 +36,17 @@ fn chain(dir: &mut Directory, plugin: &str, config: &str, b: &Arc<[Backend]>) ->
         .expect("a chain")
 }
 
+/// The same flow as the SDK's native types see it, on handle 1 (`testing::service()`'s).
 fn sdk_flow(f: &FlowInfo) -> nodeport_plugin::Flow {
     nodeport_plugin::Flow {
         id: f.id,
-        handle: 0,
+        handle: 1,
         protocol: nodeport_plugin::Protocol::Tcp,
         client: f.client.ip(),
         client_port: f.client.port(),
         node: f.node.ip(),
         node_port: f.node.port(),
         hash: f.hash,
-    }
-}
-
-fn sdk_service() -> nodeport_plugin::Service {
-    nodeport_plugin::Service {
-        handle: 0,
-        namespace: "bench".into(),
-        name: "svc".into(),
-        port_name: "http".into(),
-        node_port: 30080,
-        protocol: nodeport_plugin::Protocol::Tcp,
-        ipv6: false,
-        local_traffic_policy: false,
     }
 }
 
@@ -89,18 +77,9 @@ fn bench(c: &mut Criterion) {
     });
     let mut native = nodeport_consistent_hash::ConsistentHash::default();
     native.set_backends(
-        0,
-        b16.iter()
-            .map(|b| nodeport_plugin::Backend {
-                addr: b.addr.ip(),
-                port: b.addr.port(),
-                node_local: false,
-                zone: String::new(),
-                ready: true,
-                serving: true,
-                terminating: false,
-                weight: 1,
-            })
+        1,
+        (0..b16.len() as u32)
+            .map(|i| nodeport_plugin::testing::backend(i, true))
             .collect(),
     );
     let sdk_flows: Vec<nodeport_plugin::Flow> = flows.iter().map(sdk_flow).collect();
@@ -131,7 +110,9 @@ fn bench(c: &mut Criterion) {
         })
     });
     let mut native = nodeport_source_ranges::SourceRanges::default();
-    native.configure(&sdk_service(), RANGES).expect("config");
+    native
+        .configure(&nodeport_plugin::testing::service(), RANGES)
+        .expect("config");
     g.bench_function("native_source_ranges", |b| {
         b.iter(|| {
             i = (i + 1) & 4095;

@@ -327,11 +327,7 @@ impl Sync {
             let before = old.iter().find(|o| o.key == fe.key);
             let chain = self.chain_for(key, &fe);
             let old_chain = self.chains.get(&fe.key).cloned();
-            let same_chain = match (&chain, &old_chain) {
-                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                (None, None) => true,
-                _ => false,
-            };
+            let same_chain = Chain::same(chain.as_ref(), old_chain.as_ref());
             // A frontend whose last programming failed is programmed again even if unchanged.
             if before == Some(&fe) && same_chain && !self.incomplete.contains(&fe.key) {
                 now.push(fe);

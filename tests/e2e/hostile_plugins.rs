@@ -42,10 +42,7 @@ fn setup(plugin: &str, extra: &[&str]) -> Setup {
         ]),
     );
     let pd = PluginDir::with(&[plugin]);
-    let mut args = pd.args();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let d = Daemon::start(m.path(), &args);
+    let d = pd.start(&m, extra);
     Setup {
         d,
         open,

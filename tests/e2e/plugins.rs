@@ -12,13 +12,6 @@ use std::time::{Duration, Instant};
 
 use nodeportd_e2e::*;
 
-fn start(pd: &PluginDir, m: &Manifests, extra: &[&str]) -> Daemon {
-    let mut args = pd.args();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Daemon::start(m.path(), &args)
-}
-
 fn pin(port: u16) -> String {
     format!("port={port}")
 }
@@ -69,7 +62,7 @@ fn selection_plugin_routes_where_it_says() {
     let (np, plain) = (w.np, w.plain);
     assert_eq!(w.backends[1].id(), "b");
     let pd = PluginDir::with(&["fixtures/pin"]);
-    let d = start(&pd, &w.m, &["--workers", "2"]);
+    let d = pd.start(&w.m, &["--workers", "2"]);
     for i in 0..30 {
         let id = who(lo(np)).unwrap_or_else(|e| panic!("connection {i}: {e}\n{}", d.log()));
         assert_eq!(
@@ -109,7 +102,7 @@ fn hashing_selection_plugins_spread_flows() {
     for plugin in ["maglev", "consistent-hash"] {
         let w = with_plain(|_| Service::new("hashed").plugins(plugin));
         let pd = PluginDir::with(&[plugin]);
-        let d = start(&pd, &w.m, &["--workers", "2"]);
+        let d = pd.start(&w.m, &["--workers", "2"]);
         let mut seen = std::collections::BTreeSet::new();
         for i in 0..40 {
             seen.insert(who(lo(w.np)).unwrap_or_else(|e| panic!("{plugin}, connection {i}: {e}")));
@@ -147,7 +140,7 @@ fn admission_plugin_resets_tcp_and_drops_udp() {
         ]),
     );
     let pd = PluginDir::with(&["source-ranges"]);
-    let d = start(&pd, &m, &[]);
+    let d = pd.start(&m, &[]);
     let allowed = IpAddr::from([127, 0, 0, 2]);
     let other = IpAddr::from([127, 0, 0, 1]);
     assert_eq!(who_from(allowed, lo(np)).expect("allowed client"), "t");
@@ -219,7 +212,7 @@ fn affinity_plugin_keeps_a_key_on_one_endpoint_across_workers() {
     let w = with_plain(|_| Service::new("subnet").plugins("client-subnet-affinity"));
     let (np, plain) = (w.np, w.plain);
     let pd = PluginDir::with(&["client-subnet-affinity"]);
-    let d = start(&pd, &w.m, &["--workers", "2"]);
+    let d = pd.start(&w.m, &["--workers", "2"]);
     // Eight client addresses of one /24, five connections each: one endpoint for all.
     let mut seen = std::collections::BTreeSet::new();
     let mut plain_seen = std::collections::BTreeSet::new();
@@ -270,7 +263,7 @@ fn swapping_plugins_under_load_fails_no_connection() {
             .plugin_config("pin", &pin(a.addr().port())),
     );
     let pd = PluginDir::with(&["fixtures/pin", "consistent-hash"]);
-    let d = start(&pd, &m, &["--workers", "2"]);
+    let d = pd.start(&m, &["--workers", "2"]);
     assert_eq!(who(lo(np)).unwrap(), "a");
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -375,7 +368,7 @@ fn plugin_file_changes_swap_it_and_a_bad_file_keeps_the_old_one() {
     );
     let pd = PluginDir::with(&[]);
     pd.install("fixtures/pin", "policy");
-    let d = start(&pd, &m, &[]);
+    let d = pd.start(&m, &[]);
     for _ in 0..10 {
         assert_eq!(who(lo(np)).unwrap(), "a");
     }
@@ -444,7 +437,7 @@ fn configure_refusal_and_missing_plugin_leave_the_native_default_and_say_why() {
         ]),
     );
     let pd = PluginDir::with(&["source-ranges"]);
-    let d = start(&pd, &m, &[]);
+    let d = pd.start(&m, &[]);
     assert_eq!(who(lo(np1)).expect("native default serves badcfg"), "a");
     assert_eq!(who(lo(np2)).expect("native default serves missing"), "a");
     let log = d.log();

@@ -157,14 +157,13 @@ impl PluginDir {
         std::fs::rename(&tmp, self.dir.path().join(format!("{name}.wasm"))).expect("rename plugin");
     }
 
-    /// Daemon arguments: loopback only, this plugin directory.
-    pub fn args(&self) -> Vec<String> {
-        vec![
-            "--nodeport-addresses".into(),
-            "127.0.0.0/8".into(),
-            "--plugin-dir".into(),
-            self.path().display().to_string(),
-        ]
+    /// Starts the daemon on `manifests`, loopback only, with this plugin directory and
+    /// `extra` arguments.
+    pub fn start(&self, manifests: &Manifests, extra: &[&str]) -> Daemon {
+        let dir = self.path().display().to_string();
+        let mut args = vec!["--nodeport-addresses", "127.0.0.0/8", "--plugin-dir", &dir];
+        args.extend_from_slice(extra);
+        Daemon::start(manifests.path(), &args)
     }
 }
 

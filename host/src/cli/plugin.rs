@@ -63,17 +63,16 @@ fn check(file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Percentiles of nanosecond samples.
-fn pct(samples: &mut [u64], p: f64) -> u64 {
-    if samples.is_empty() {
+/// The `p` percentile of sorted nanosecond samples.
+fn pct(sorted: &[u64], p: f64) -> u64 {
+    let Some(last) = sorted.len().checked_sub(1) else {
         return 0;
-    }
-    samples.sort_unstable();
-    let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
-    samples[i.min(samples.len() - 1)]
+    };
+    sorted[((last as f64 * p).round() as usize).min(last)]
 }
 
 fn report(what: &str, samples: &mut [u64]) {
+    samples.sort_unstable();
     let p50 = pct(samples, 0.50);
     let p99 = pct(samples, 0.99);
     let max = samples.last().copied().unwrap_or(0);

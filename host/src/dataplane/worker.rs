@@ -381,11 +381,7 @@ impl Worker {
             Control::Route(key, Some(route)) => {
                 let old = self.routes.insert(key, route.clone());
                 let old_chain = old.as_ref().and_then(|o| o.chain.as_ref());
-                let same_chain = match (old_chain, &route.chain) {
-                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                    (None, None) => true,
-                    _ => false,
-                };
+                let same_chain = Chain::same(old_chain, route.chain.as_ref());
                 if !same_chain {
                     if let Some(c) = &route.chain {
                         self.plugins.attach(c);

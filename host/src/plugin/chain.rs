@@ -90,6 +90,16 @@ impl Chain {
                 .all(|(l, (p, c))| Arc::ptr_eq(&l.plugin, p) && l.config == *c)
     }
 
+    /// Whether two routes run the very same chain (or both none): the test for "plugins
+    /// changed" wherever a route is replaced.
+    pub fn same(a: Option<&Arc<Chain>>, b: Option<&Arc<Chain>>) -> bool {
+        match (a, b) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        }
+    }
+
     /// The handle of one address family of this Service port.
     pub fn handle(&self, family: Family) -> u32 {
         match family {

@@ -324,7 +324,13 @@ impl WorkerPlugins {
             return Err(Failure::new(FailureKind::Instantiate, "no instance"));
         };
         let handle = chain.handle(family);
-        if !live.handles.contains_key(&handle) {
+        // One lookup: None = handle never configured; Some(list) = the list last sent (the
+        // map holds that Arc, so its address cannot be reused by another list).
+        let sent = live
+            .handles
+            .get(&handle)
+            .map(|s| s.as_ref().map(Arc::as_ptr));
+        if sent.is_none() {
             let link = chain
                 .links
                 .iter()
@@ -344,8 +350,7 @@ impl WorkerPlugins {
             }
         }
         if let Some(b) = backends.filter(|_| slot.plugin.roles.selection) {
-            let sent = live.handles.get(&handle).and_then(|s| s.as_ref());
-            if !sent.is_some_and(|s| Arc::ptr_eq(s, b)) {
+            if sent.flatten() != Some(Arc::as_ptr(b)) {
                 live.inst.set_backends(handle, &chain::backends(b))?;
                 live.handles.insert(handle, Some(b.clone()));
             }

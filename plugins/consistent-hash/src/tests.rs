@@ -1,5 +1,4 @@
 use super::*;
-use nodeport_plugin::testing::{backend, flow};
 
 fn assignment(ids: &[u32], n: u64) -> Vec<u32> {
     nodeport_plugin::testing::assignment::<ConsistentHash>(ids, n)
@@ -38,48 +37,6 @@ fn spreads_flows_evenly() {
 }
 
 #[test]
-fn prefers_ready_endpoints() {
-    let mut p = ConsistentHash::default();
-    p.set_backends(
-        1,
-        vec![backend(1, false), backend(2, true), backend(3, false)],
-    );
-    for h in 0..100 {
-        assert_eq!(p.select(&flow(h), None), Some(1));
-    }
-    // once the ready one failed, not-ready ones are still better than nothing
-    assert!(matches!(p.select(&flow(7), Some(1)), Some(0 | 2)));
-}
-
-#[test]
-fn retries_walk_the_ranking_without_repeats() {
-    let mut p = ConsistentHash::default();
-    p.set_backends(1, (0..6).map(|i| backend(i, i != 2)).collect());
-    for h in 0..200 {
-        let f = flow(h);
-        let mut tried = vec![];
-        let mut excluded = None;
-        while let Some(i) = p.select(&f, excluded) {
-            assert!(
-                !tried.contains(&i),
-                "flow {h} got {i} again after {tried:?}"
-            );
-            tried.push(i);
-            excluded = Some(i);
-        }
-        assert_eq!(tried.len(), 6);
-        assert_eq!(tried[5], 2, "the not-ready endpoint comes last");
-    }
-}
-
-#[test]
-fn no_endpoints_or_unknown_handle_is_none() {
-    let mut p = ConsistentHash::default();
-    assert_eq!(p.select(&flow(1), None), None);
-    p.set_backends(1, vec![]);
-    assert_eq!(p.select(&flow(1), None), None);
-    p.set_backends(1, vec![backend(1, true)]);
-    assert_eq!(p.select(&flow(1), None), Some(0));
-    p.forget(1);
-    assert_eq!(p.select(&flow(1), None), None);
+fn keeps_the_selection_contract() {
+    nodeport_plugin::testing::check_selection_contract::<ConsistentHash>();
 }

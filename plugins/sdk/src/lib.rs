@@ -378,7 +378,7 @@ pub fn mix(mut x: u64) -> u64 {
 /// Helpers for plugins' native unit tests: endpoints, flows, and where a selection plugin
 /// sends a run of flows. Every plugin's tests need the same fixtures.
 pub mod testing {
-    use super::{mix, Backend, Flow, Protocol, Selection};
+    use super::{mix, Backend, Flow, Protocol, Selection, Service};
 
     /// Endpoint number `i` (10.0.0.0 + i, port 8080).
     pub fn backend(i: u32, ready: bool) -> Backend {
@@ -406,6 +406,64 @@ pub mod testing {
             node_port: 30080,
             hash: mix(n),
         }
+    }
+
+    /// Service handle 1 of `test/svc` (TCP nodePort 30080), for `configure`.
+    pub fn service() -> Service {
+        Service {
+            handle: 1,
+            namespace: "test".into(),
+            name: "svc".into(),
+            port_name: "http".into(),
+            node_port: 30080,
+            protocol: Protocol::Tcp,
+            ipv6: false,
+            local_traffic_policy: false,
+        }
+    }
+
+    /// Checks the parts of the selection contract every selection plugin must keep: ready
+    /// endpoints first; retries (each passing the index that just failed) never repeat an
+    /// endpoint, reach every endpoint and leave the not-ready one last; no endpoints, an
+    /// unknown handle or a forgotten one give None.
+    pub fn check_selection_contract<S: Selection>() {
+        let mut p = S::default();
+        p.set_backends(
+            1,
+            vec![backend(1, false), backend(2, true), backend(3, false)],
+        );
+        for h in 0..100 {
+            assert_eq!(p.select(&flow(h), None), Some(1));
+        }
+        // once the ready one failed, not-ready ones are still better than nothing
+        assert!(matches!(p.select(&flow(7), Some(1)), Some(0 | 2)));
+
+        let mut p = S::default();
+        p.set_backends(1, (0..6).map(|i| backend(i, i != 2)).collect());
+        for h in 0..200 {
+            let f = flow(h);
+            let mut tried = vec![];
+            let mut excluded = None;
+            while let Some(i) = p.select(&f, excluded) {
+                assert!(
+                    !tried.contains(&i),
+                    "flow {h} got {i} again after {tried:?}"
+                );
+                tried.push(i);
+                excluded = Some(i);
+            }
+            assert_eq!(tried.len(), 6, "flow {h}: {tried:?}");
+            assert_eq!(tried[5], 2, "the not-ready endpoint comes last");
+        }
+
+        let mut p = S::default();
+        assert_eq!(p.select(&flow(1), None), None);
+        p.set_backends(1, vec![]);
+        assert_eq!(p.select(&flow(1), None), None);
+        p.set_backends(1, vec![backend(1, true)]);
+        assert_eq!(p.select(&flow(1), None), Some(0));
+        p.forget(1);
+        assert_eq!(p.select(&flow(1), None), None);
     }
 
     /// The endpoint (its number in `ids`, not its index) a fresh `S` picks for each of `n`
