@@ -15,6 +15,7 @@ use crate::dataplane::{Dataplane, DataplaneConfig};
 use crate::model::store::Store;
 use crate::model::{Family, NodeInfo};
 use crate::source::manifests::ManifestDir;
+use crate::source::{Sink, Source};
 use crate::sync::{Event, Sync};
 
 /// Raises the open-file limit to its hard maximum: every flow holds two to six descriptors.
@@ -141,16 +142,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             let _ = tx.send(Event::Shutdown(std::time::Duration::ZERO));
             return admin_task.await?;
         }
-        let (stx, srx) = crossbeam_channel::unbounded();
-        let forward = tx.clone();
-        std::thread::Builder::new().name("nodeportd-source".into()).spawn(move || {
-            for ev in srx {
-                if forward.send(Event::Source(ev)).is_err() {
-                    return;
-                }
-            }
-        })?;
-        if let Err(e) = ManifestDir::spawn(args.manifests.clone(), stx) {
+        // The source sends straight into the sync loop's channel.
+        let source: Box<dyn Source> = Box::new(ManifestDir::new(args.manifests.clone()));
+        if let Err(e) = source.start(Sink::new(tx.clone())) {
             let _ = tx.send(Event::Shutdown(std::time::Duration::ZERO));
             return Err(e);
         }

@@ -384,4 +384,12 @@ impl Dataplane {
             let _ = t.join();
         }
     }
+
+    /// The plugin chain the frontend `key` runs now (None: the native default, or `key` is
+    /// not programmed). The sync loop asks here instead of keeping a copy.
+    pub fn chain(&self, key: &FrontendKey) -> Option<&Arc<crate::plugin::Chain>> {
+        self.programmed
+            .get(key)
+            .and_then(|p| p.route.chain.as_ref())
+    }
 }

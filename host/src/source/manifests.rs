@@ -8,11 +8,11 @@ use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 use notify::{RecursiveMode, Watcher};
 use serde::Deserialize;
 
-use super::SourceEvent;
+use super::{Sink, Source, SourceEvent};
 use crate::model::store::Object;
 
 /// Quiet time after the last change before files are read: coalesces an editor's or a
@@ -94,20 +94,24 @@ fn digest(bytes: &[u8]) -> u64 {
     h.finish()
 }
 
-/// Watches `dir` and feeds `tx` until `tx` is closed. The first scan is complete when
+/// A directory of manifests as a `Source`: a thread watches it and sends every manifest
+/// file's objects (its origin is the file's path); the first scan is complete when
 /// `SourceEvent::Synced` is sent.
 pub struct ManifestDir {
     dir: PathBuf,
-    seen: HashMap<PathBuf, u64>,
-    tx: Sender<SourceEvent>,
 }
 
 impl ManifestDir {
+    /// The source for `dir` (watched once started).
+    pub fn new(dir: PathBuf) -> Self {
+        Self { dir }
+    }
+}
+
+impl Source for ManifestDir {
     /// Starts the watcher thread. Fails when the directory cannot be watched.
-    pub fn spawn(
-        dir: PathBuf,
-        tx: Sender<SourceEvent>,
-    ) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    fn start(self: Box<Self>, sink: Sink) -> anyhow::Result<()> {
+        let dir = self.dir;
         let (ntx, nrx) = crossbeam_channel::unbounded();
         let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
             // An error (queue overflow) is an empty list: it forces a full rescan.
@@ -118,23 +122,35 @@ impl ManifestDir {
             .map_err(|e| {
                 anyhow::anyhow!("cannot watch manifest directory {}: {e}", dir.display())
             })?;
-        let mut me = Self {
+        let mut reader = Reader {
             dir,
             seen: HashMap::new(),
-            tx,
+            sink,
         };
-        Ok(std::thread::Builder::new()
+        // Detached: the thread ends when the sync loop is gone (its sink closes).
+        std::thread::Builder::new()
             .name("nodeportd-manifests".into())
             .spawn(move || {
                 let _watcher = watcher; // lives as long as the thread
-                me.scan();
-                if me.tx.send(SourceEvent::Synced).is_err() {
+                reader.scan();
+                if !reader.sink.send(SourceEvent::Synced) {
                     return;
                 }
-                me.watch(nrx);
-            })?)
+                reader.watch(nrx);
+            })?;
+        Ok(())
     }
+}
 
+/// The watcher thread's state: what each file held when last sent.
+struct Reader {
+    dir: PathBuf,
+    /// Digest of each manifest file's content as last sent.
+    seen: HashMap<PathBuf, u64>,
+    sink: Sink,
+}
+
+impl Reader {
     fn watch(&mut self, changes: Receiver<Vec<PathBuf>>) {
         while let Ok(first) = changes.recv() {
             let mut paths = first;
@@ -167,7 +183,7 @@ impl ManifestDir {
         }
         if self.seen.remove(path).is_some() {
             let origin = path.display().to_string();
-            return self.tx.send(SourceEvent::Removed { origin }).is_ok();
+            return self.sink.send(SourceEvent::Removed { origin });
         }
         true
     }
@@ -179,7 +195,7 @@ impl ManifestDir {
             Ok(b) => b,
             Err(e) => {
                 let error = format!("{origin}: cannot read: {e}");
-                return self.tx.send(SourceEvent::Failed { origin, error }).is_ok();
+                return self.sink.send(SourceEvent::Failed { origin, error });
             }
         };
         let d = digest(&bytes);
@@ -195,7 +211,7 @@ impl ManifestDir {
             },
             Err(error) => SourceEvent::Failed { origin, error },
         };
-        self.tx.send(ev).is_ok()
+        self.sink.send(ev)
     }
 
     /// Rescans the directory; sends what changed. False once nobody listens.
@@ -229,13 +245,9 @@ impl ManifestDir {
             .collect();
         for path in gone {
             self.seen.remove(&path);
-            if self
-                .tx
-                .send(SourceEvent::Removed {
-                    origin: path.display().to_string(),
-                })
-                .is_err()
-            {
+            if !self.sink.send(SourceEvent::Removed {
+                origin: path.display().to_string(),
+            }) {
                 return false;
             }
         }
@@ -282,6 +294,40 @@ items:
             matches!(&objs[0], Object::Service(s) if s.metadata.name.as_deref() == Some("web"))
         );
         assert!(matches!(&objs[1], Object::EndpointSlice(_)));
+    }
+
+    #[test]
+    fn a_started_directory_sends_its_files_then_synced_straight_into_the_sink() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {type: NodePort, ports: [{port: 80, nodePort: 30080}]}\n";
+        std::fs::write(dir.path().join("web.yaml"), text).expect("write");
+        std::fs::write(dir.path().join(".hidden.yaml"), "not: read").expect("write");
+        let (tx, rx) = crossbeam_channel::unbounded();
+        Box::new(ManifestDir::new(dir.path().to_path_buf()))
+            .start(Sink::new(tx))
+            .expect("start");
+        let next = || rx.recv_timeout(Duration::from_secs(10)).expect("event");
+        match next() {
+            crate::sync::Event::Source(SourceEvent::Objects { origin, objects }) => {
+                assert!(origin.ends_with("web.yaml"), "{origin}");
+                assert_eq!(objects.len(), 1);
+            }
+            _ => panic!("expected the file's objects first"),
+        }
+        assert!(matches!(
+            next(),
+            crate::sync::Event::Source(SourceEvent::Synced)
+        ));
+    }
+
+    #[test]
+    fn a_directory_that_cannot_be_watched_fails_at_start() {
+        let (tx, _rx) = crossbeam_channel::unbounded();
+        let missing = PathBuf::from("/nonexistent/nodeportd-manifests");
+        let e = Box::new(ManifestDir::new(missing))
+            .start(Sink::new(tx))
+            .expect_err("start");
+        assert!(e.to_string().contains("/nonexistent"), "{e}");
     }
 
     #[test]

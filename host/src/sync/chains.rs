@@ -1,0 +1,164 @@
+//! Plugin chains: resolves the chain each frontend's annotations ask for against the plugin
+//! directory. When that fails (a plugin that does not load, a refused config, no
+//! `--plugin-dir`), the frontend keeps the chain it runs now and the reason is logged once;
+//! metric series of plugins a frontend no longer runs are forgotten.
+//!
+//! The chain a frontend runs now is the dataplane's (`Dataplane::chain`); this module keeps
+//! only what the dataplane cannot know: why a frontend does not run what it asks for.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::admin::metrics::Metrics;
+use crate::model::{Frontend, FrontendKey, ServiceKey};
+use crate::plugin::{Chain, Directory};
+
+/// Resolves chains and remembers the refusals.
+pub struct Chains {
+    metrics: Arc<Metrics>,
+    /// Loaded plugins (None: started without --plugin-dir).
+    directory: Option<Directory>,
+    /// Why a frontend does not run the chain its annotations ask for (logged once).
+    errors: HashMap<FrontendKey, String>,
+}
+
+impl Chains {
+    /// No plugin directory: a frontend that names plugins is served natively (and told so).
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            metrics,
+            directory: None,
+            errors: HashMap::new(),
+        }
+    }
+
+    /// Resolves chains against `directory` from now on.
+    pub fn set_directory(&mut self, directory: Directory) {
+        self.directory = Some(directory);
+    }
+
+    /// Re-reads the plugin directory; the names of the plugins that changed (None without
+    /// a directory: nothing can have changed).
+    pub fn refresh(&mut self) -> Option<Vec<String>> {
+        self.directory.as_mut().map(Directory::refresh)
+    }
+
+    /// Whether `fe` must be resolved again after `changed` plugins changed: it names one of
+    /// them, or it does not run what it asks for (the change may be what it waits for).
+    pub fn needs_resolve(&self, fe: &Frontend, changed: &[String]) -> bool {
+        self.errors.contains_key(&fe.key)
+            || fe
+                .plugins
+                .as_ref()
+                .is_some_and(|spec| spec.chain.iter().any(|r| changed.contains(&r.name)))
+    }
+
+    /// The chain `fe` should run: what its annotations ask for, or, when that cannot be
+    /// loaded or configured, `previous` (what it runs now; None: the native default).
+    pub fn resolve(
+        &mut self,
+        service: &ServiceKey,
+        fe: &Frontend,
+        previous: Option<&Arc<Chain>>,
+    ) -> Option<Arc<Chain>> {
+        let wanted = match (&fe.plugins, &mut self.directory) {
+            (None, _) => Ok(None),
+            (Some(_), None) => {
+                Err("it names plugins but nodeportd runs without --plugin-dir".to_string())
+            }
+            (Some(_), Some(dir)) => dir.resolve(fe, previous),
+        };
+        match wanted {
+            Ok(chain) => {
+                if self.errors.remove(&fe.key).is_some() {
+                    tracing::info!(service = %service, port = %fe.port_name, "Service now runs the plugins it names");
+                }
+                chain
+            }
+            Err(e) => {
+                if self.errors.get(&fe.key) != Some(&e) {
+                    self.report(service, fe, &e, previous);
+                    self.errors.insert(fe.key, e);
+                }
+                previous.cloned()
+            }
+        }
+    }
+
+    fn report(&self, service: &ServiceKey, fe: &Frontend, e: &str, kept: Option<&Arc<Chain>>) {
+        self.metrics.plugin_load_errors.inc();
+        let keeps = match kept {
+            Some(c) => format!(
+                "it keeps its previous plugins ({})",
+                c.links
+                    .iter()
+                    .map(|l| &*l.plugin.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None => "the native default serves it".to_string(),
+        };
+        tracing::error!(service = %service, port = %fe.port_name, error = %e, "Service's plugins not applied; {keeps}");
+    }
+
+    /// `fe` now runs `new` instead of `old`: removes the metric series of the plugins it no
+    /// longer runs.
+    pub fn switched(&self, fe: &Frontend, old: Option<&Arc<Chain>>, new: Option<&Arc<Chain>>) {
+        for link in old.into_iter().flat_map(|c| &c.links) {
+            if !new.is_some_and(|n| n.links.iter().any(|l| l.plugin.name == link.plugin.name)) {
+                self.metrics.forget_plugin(fe, &link.plugin.name);
+            }
+        }
+    }
+
+    /// `fe` (which ran `old`) is gone: forgets its refusal and its plugins' series.
+    pub fn removed(&mut self, fe: &Frontend, old: Option<&Arc<Chain>>) {
+        self.errors.remove(&fe.key);
+        self.switched(fe, old, None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{FailurePolicy, PluginRef, PluginSpec};
+    use crate::sync::changes::tests::frontend;
+
+    fn with_plugins(mut fe: Frontend) -> Frontend {
+        fe.plugins = Some(Arc::new(PluginSpec {
+            chain: vec![PluginRef {
+                name: "consistent-hash".into(),
+                config: String::new(),
+            }],
+            failure_policy: FailurePolicy::Open,
+        }));
+        fe
+    }
+
+    #[test]
+    fn without_a_plugin_directory_a_chain_is_refused_once_and_the_native_default_serves() {
+        let metrics = Arc::new(Metrics::new());
+        let mut chains = Chains::new(metrics.clone());
+        let service = ServiceKey::new(Some("shop"), "web");
+        let fe = with_plugins(frontend(30080, &["198.18.0.2:80"]));
+        assert!(chains.resolve(&service, &fe, None).is_none());
+        assert!(chains.resolve(&service, &fe, None).is_none());
+        assert_eq!(metrics.plugin_load_errors.get(), 1);
+        assert!(chains.needs_resolve(&fe, &[]));
+        assert_eq!(chains.refresh(), None);
+
+        // The annotation is dropped: the refusal is over.
+        let native = frontend(30080, &["198.18.0.2:80"]);
+        assert!(chains.resolve(&service, &native, None).is_none());
+        assert!(!chains.needs_resolve(&native, &[]));
+    }
+
+    #[test]
+    fn a_frontend_is_resolved_again_when_a_plugin_it_names_changes() {
+        let chains = Chains::new(Arc::new(Metrics::new()));
+        let fe = with_plugins(frontend(30080, &[]));
+        assert!(chains.needs_resolve(&fe, &["consistent-hash".to_string()]));
+        assert!(!chains.needs_resolve(&fe, &["other".to_string()]));
+        assert!(!chains.needs_resolve(&frontend(30080, &[]), &["consistent-hash".into()]));
+    }
+}
