@@ -50,12 +50,12 @@ pub enum Cause {
 }
 
 impl Cause {
-    /// For log lines (and a metric label, should disables be counted by cause).
+    /// Label for log lines (and for a metric, should disables be counted by cause).
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::Streak => "failures in a row",
-            Self::Rate => "failure rate",
-            Self::Probation => "failed on probation",
+            Self::Streak => "streak",
+            Self::Rate => "rate",
+            Self::Probation => "probation",
         }
     }
 }
