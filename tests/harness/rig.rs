@@ -9,7 +9,7 @@ use nodeportd::model::{
     Backend, FailurePolicy, Family, Frontend, FrontendKey, PluginRef, PluginSpec, Protocol,
     ServiceKey, TrafficPolicy,
 };
-use nodeportd::plugin::chain::{address, protocol, types};
+use nodeportd::plugin::wire::{address, protocol, types};
 use nodeportd::plugin::Chain;
 
 /// `n` ready endpoints 198.19.x.y:8080.

@@ -10,7 +10,7 @@ use prometheus_client::metrics::counter::Counter;
 
 use super::{PluginArgs, PluginCommand, PluginLimits};
 use crate::plugin::bindings::types;
-use crate::plugin::chain::{address, protocol};
+use crate::plugin::wire::{address, protocol};
 use crate::plugin::{Instance, Plugin, Runtime};
 
 /// Runs a `plugin` subcommand.

@@ -26,7 +26,7 @@ use crate::balance::affinity::{AffinityKey, AffinityTable};
 use crate::balance::random::Random;
 use crate::balance::{FlowInfo, Selector};
 use crate::model::{FailurePolicy, Family, FrontendKey};
-use crate::plugin::{chain as wit, Admit, Chain, WorkerPlugins};
+use crate::plugin::{wire as wit, Chain, WorkerInstances};
 
 /// Token of the waker that control and hand-off messages ring.
 pub(super) const WAKER: Token = Token(1 << 62);
@@ -178,7 +178,7 @@ pub struct Worker {
     pub(super) random: Random,
     pub(super) affinity: AffinityTable,
     /// This worker's plugin instances.
-    pub(super) plugins: WorkerPlugins,
+    pub(super) plugins: WorkerInstances,
     /// Numbers this worker's new flows.
     pub(super) flow_seq: u64,
     /// UDP client tuples admission refused, until when.
@@ -231,7 +231,7 @@ impl Worker {
     /// Builds a worker from its parts; `peers` includes itself at `index`.
     pub fn new(index: usize, cfg: Arc<DataplaneConfig>, parts: Parts, peers: Arc<[Peer]>) -> Self {
         let now = Instant::now();
-        let plugins = WorkerPlugins::new(cfg.plugins.clone(), index);
+        let plugins = WorkerInstances::new(cfg.plugins.clone(), index);
         Self {
             index,
             plugins,
@@ -608,10 +608,15 @@ impl Worker {
             return Ok(flow);
         };
         let record = Self::flow_record(chain, family, &flow);
-        match self.plugins.admit(chain, family, record, self.now) {
-            Admit::Allow => {}
-            Admit::Deny => return Err(Refusal::Denied),
-            Admit::Failed => return Err(Refusal::PluginFailed),
+        for link in chain.admission_links() {
+            match self.plugins.admit(chain, link, family, record, self.now) {
+                Ok(wit::types::Verdict::Allow) => {}
+                Ok(wit::types::Verdict::Deny(_)) => return Err(Refusal::Denied),
+                Err(_) if chain.policy == FailurePolicy::Closed => {
+                    return Err(Refusal::PluginFailed)
+                }
+                Err(_) => {}
+            }
         }
         match self.plugins.affinity_key(chain, family, record, self.now) {
             Ok(Some(a)) => {

@@ -18,6 +18,7 @@ use super::chain::{Chain, Link};
 use super::contract::Plugin;
 use super::instance::Instance;
 use super::runtime::Runtime;
+use super::wire;
 use crate::admin::metrics::Metrics;
 use crate::model::Frontend;
 
@@ -177,7 +178,7 @@ impl Directory {
             let mut probe = Instance::new(&self.runtime, &link.plugin, usize::MAX, 0)
                 .map_err(|f| format!("plugin {name}: cannot instantiate: {f}"))?;
             for family in &fe.families {
-                match probe.configure(&chain.service(*family), &link.config) {
+                match probe.configure(&wire::service(&chain, *family), &link.config) {
                     Ok(Ok(())) => {}
                     Ok(Err(msg)) => {
                         return Err(format!(

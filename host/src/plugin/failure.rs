@@ -1,5 +1,6 @@
 //! How a plugin call can fail. Every kind is caught, counted per Service and plugin, logged,
-//! and resolved by the Service's failure policy; none reaches the rest of the daemon.
+//! and reported to the caller, which resolves it by the Service's failure policy; none
+//! reaches the rest of the daemon.
 
 use std::fmt;
 
@@ -57,7 +58,7 @@ impl FailureKind {
 /// A failure with what the runtime said, for the log line.
 #[derive(Clone, Debug)]
 pub struct Failure {
-    /// Kind, for metrics and policy.
+    /// Kind, for metrics and the caller's failure policy.
     pub kind: FailureKind,
     /// Detail for operators.
     pub detail: String,
