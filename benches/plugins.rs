@@ -12,11 +12,10 @@ use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use nodeport_plugin::{Admission, Plugin, Selection};
-use nodeportd::admin::metrics::Metrics;
-use nodeportd::balance::random::Random;
-use nodeportd::balance::{FlowInfo, Selector};
+use nodeportd::metrics::Metrics;
 use nodeportd::model::{Backend, Family};
 use nodeportd::plugin::{Chain, Directory, Instance, Runtime, RuntimeConfig, WorkerInstances};
+use nodeportd::policy::{FlowInfo, Random};
 use nodeportd_e2e::rig;
 
 const RANGES: &str = "10.0.0.0/8, 198.18.0.0/15, 2001:db8::/32";

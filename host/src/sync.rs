@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::admin::health::{HealthHandle, HealthUpdate};
-use crate::admin::metrics::{Metrics, ServiceLabels};
 use crate::dataplane::Dataplane;
+use crate::metrics::{Metrics, ServiceLabels};
 use crate::model::store::Store;
 use crate::model::{Frontend, FrontendKey, ServiceKey};
 use crate::plugin::{Chain, Directory};
@@ -160,7 +160,8 @@ impl Sync {
     fn forget_chain(&self, fe: &Frontend, old: Option<&Arc<Chain>>, new: Option<&Arc<Chain>>) {
         for link in old.into_iter().flat_map(|c| &c.links) {
             if !new.is_some_and(|n| n.links.iter().any(|l| l.plugin.name == link.plugin.name)) {
-                self.metrics.forget_plugin(fe, &link.plugin.name);
+                (self.metrics)
+                    .forget_plugin::<crate::plugin::FailureKind>(&fe.into(), &link.plugin.name);
             }
         }
     }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nodeportd::admin::metrics::Metrics;
+use nodeportd::metrics::Metrics;
 use nodeportd::model::{Backend, Family};
 use nodeportd::plugin::wire::types;
 use nodeportd::plugin::{Chain, Directory, FailureKind, Runtime, RuntimeConfig, WorkerInstances};

@@ -4,13 +4,13 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use nodeportd::balance::FlowInfo;
 use nodeportd::model::{
     Backend, FailurePolicy, Family, Frontend, FrontendKey, PluginRef, PluginSpec, Protocol,
     ServiceKey, TrafficPolicy,
 };
 use nodeportd::plugin::wire::{address, protocol, types};
 use nodeportd::plugin::Chain;
+use nodeportd::policy::FlowInfo;
 
 /// `n` ready endpoints 198.19.x.y:8080.
 pub fn backends(n: u32) -> Arc<[Backend]> {

@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use super::contract::Plugin;
-use crate::admin::metrics::PluginMetrics;
+use super::failure::FailureKind;
+use crate::metrics::PluginMetrics;
 use crate::model::{FailurePolicy, Family, Frontend, Protocol, TrafficPolicy};
 
 /// One plugin of a chain.
@@ -16,7 +17,7 @@ pub struct Link {
     /// The string `configure` receives.
     pub config: String,
     /// Its counters for this Service port.
-    pub metrics: PluginMetrics,
+    pub metrics: PluginMetrics<FailureKind>,
 }
 
 /// A Service port's chain, immutable once built.

@@ -19,7 +19,7 @@ use super::contract::Plugin;
 use super::instance::Instance;
 use super::runtime::Runtime;
 use super::wire;
-use crate::admin::metrics::Metrics;
+use crate::metrics::Metrics;
 use crate::model::Frontend;
 
 /// How long file events settle before plugins are re-read (a copy in progress is not loaded).
@@ -167,7 +167,7 @@ impl Directory {
         let links: Vec<Link> = plugins
             .into_iter()
             .map(|(plugin, config)| Link {
-                metrics: self.metrics.plugin(fe, &plugin.name),
+                metrics: self.metrics.plugin(&fe.into(), &plugin.name),
                 plugin,
                 config: config.to_string(),
             })

@@ -79,3 +79,15 @@ impl fmt::Display for Failure {
         write!(f, "{}: {}", self.kind.as_str(), self.detail)
     }
 }
+
+impl crate::metrics::LabelValue for FailureKind {
+    const ALL: &'static [Self] = &Self::ALL;
+
+    fn label(self) -> &'static str {
+        self.as_str()
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}

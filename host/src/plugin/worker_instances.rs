@@ -26,7 +26,7 @@ use super::failure::{Failure, FailureKind};
 use super::instance::Instance;
 use super::runtime::Runtime;
 use super::wire;
-use crate::admin::metrics::Role;
+use crate::metrics::Role;
 use crate::model::{Backend, Family};
 
 /// One call in this many is timed for the latency histogram.
