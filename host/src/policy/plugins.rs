@@ -362,7 +362,11 @@ mod tests {
         // A hit that failed to connect is not repeated; after the TTL it is a miss.
         assert_eq!(p.pick(&mut st, &b2, &b, &[b[5].addr]), Ok(b[1].addr));
         st.now += Duration::from_secs(6);
-        assert_eq!(p.pick(&mut st, &b2, &b, &[]), Ok(b[2].addr), "expired: a miss");
+        assert_eq!(
+            p.pick(&mut st, &b2, &b, &[]),
+            Ok(b[2].addr),
+            "expired: a miss"
+        );
         assert_eq!(read(&s).select_tried.len(), 3, "misses ask selection");
     }
 
