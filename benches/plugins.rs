@@ -1,4 +1,4 @@
-//! The cost of a WASM decision per new flow, as a worker makes it (`WorkerPlugins`: flow
+//! The cost of a WASM decision per new flow, as a worker makes it (`WorkerInstances`: flow
 //! record, deadline arming, the call, its latency histogram) against the same plugin code
 //! compiled natively and the native default (kube-proxy's random choice), plus instantiation
 //! from the pre-instantiated template. Needs `scripts/build-plugins.sh` first.
@@ -12,11 +12,10 @@ use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use nodeport_plugin::{Admission, Plugin, Selection};
-use nodeportd::admin::metrics::Metrics;
-use nodeportd::balance::random::Random;
-use nodeportd::balance::{FlowInfo, Selector};
+use nodeportd::metrics::Metrics;
 use nodeportd::model::{Backend, Family};
-use nodeportd::plugin::{Chain, Directory, Instance, Runtime, RuntimeConfig, WorkerPlugins};
+use nodeportd::plugin::{Chain, Directory, Instance, Runtime, RuntimeConfig, WorkerInstances};
+use nodeportd::policy::{FlowInfo, Random};
 use nodeportd_e2e::rig;
 
 const RANGES: &str = "10.0.0.0/8, 198.18.0.0/15, 2001:db8::/32";
@@ -63,7 +62,7 @@ fn bench(c: &mut Criterion) {
 
     // select
     let ch = chain(&mut dir, "consistent-hash", "", &b16);
-    let mut worker = WorkerPlugins::new(Some(rt.clone()), 0);
+    let mut worker = WorkerInstances::new(Some(rt.clone()), 0);
     worker.attach(&ch);
     let now = Instant::now();
     let mut g = c.benchmark_group("select_16_endpoints");
@@ -106,7 +105,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 1) & 4095;
             let r = rig::record(&ch, &flows[i]);
-            black_box(worker.admit(&ch, Family::V4, r, now))
+            black_box(worker.admit(&ch, 0, Family::V4, r, now))
         })
     });
     let mut native = nodeport_source_ranges::SourceRanges::default();

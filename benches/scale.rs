@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use nodeportd::admin::metrics::Metrics;
 use nodeportd::dataplane::listener::BindAddresses;
 use nodeportd::dataplane::{Dataplane, DataplaneConfig};
+use nodeportd::metrics::Metrics;
 use nodeportd::model::store::{Object, Store};
 use nodeportd::model::NodeInfo;
 use nodeportd::source::SourceEvent;

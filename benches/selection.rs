@@ -6,10 +6,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use nodeportd::balance::affinity::{AffinityKey, AffinityTable};
-use nodeportd::balance::random::Random;
-use nodeportd::balance::{FlowInfo, Selector};
 use nodeportd::model::{Backend, FrontendKey, Protocol};
+use nodeportd::policy::{AffinityKey, AffinityTable, FlowInfo, Random};
 
 fn backends(n: u32) -> Vec<Backend> {
     (0..n)

@@ -1,15 +1,17 @@
 #![warn(missing_docs)]
 //! nodeportd: a Kubernetes NodePort dataplane in userspace with its own conntrack.
 //!
-//! Data flows one way: `source` (manifests) -> `model` (store, frontends) -> `sync` ->
-//! `dataplane` (workers, conntrack) ; `admin` serves probes, metrics and the conntrack dump.
-//! Selection policy lives in `balance`.
+//! Data flows one way: `source` (manifests) -> `model` -> `sync` -> `dataplane` (routes,
+//! workers, conntrack) -> `policy` (the flow-policy seam) -> `plugin` (the WASM runtime).
+//! `metrics` sits below everything; `admin` (probes, /metrics, /conntrack) sits on top and
+//! only reads; `cli` wires them.
 
 pub mod admin;
-pub mod balance;
 pub mod cli;
 pub mod dataplane;
+pub mod metrics;
 pub mod model;
 pub mod plugin;
+pub mod policy;
 pub mod source;
 pub mod sync;

@@ -6,12 +6,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nodeportd::admin::metrics::Metrics;
+use nodeportd::metrics::Metrics;
 use nodeportd::model::{Backend, Family};
-use nodeportd::plugin::chain::types;
-use nodeportd::plugin::{
-    Admit, Chain, Directory, FailureKind, Runtime, RuntimeConfig, WorkerPlugins,
-};
+use nodeportd::plugin::wire::types;
+use nodeportd::plugin::{Chain, Directory, FailureKind, Runtime, RuntimeConfig, WorkerInstances};
 use nodeportd_e2e::{built_plugin, rig, PluginDir};
 
 struct Rig {
@@ -48,7 +46,7 @@ fn trap_disables_with_backoff_and_probation_doubles_it() {
     let mut r = setup(&["hostile/trap"], RuntimeConfig::default());
     let b = rig::backends(3);
     let ch = chain(&mut r, "trap", "", &b);
-    let mut w = WorkerPlugins::new(Some(r.rt.clone()), 0);
+    let mut w = WorkerInstances::new(Some(r.rt.clone()), 0);
     w.attach(&ch);
     let t0 = Instant::now();
     for i in 0..3 {
@@ -115,14 +113,16 @@ fn endless_loop_is_cut_at_the_deadline_and_memory_at_the_cap() {
     let b = rig::backends(2);
     let spin = chain(&mut r, "spin", "", &b);
     let grow = chain(&mut r, "grow", "", &b);
-    let mut w = WorkerPlugins::new(Some(r.rt.clone()), 0);
+    let mut w = WorkerInstances::new(Some(r.rt.clone()), 0);
     w.attach(&spin);
     w.attach(&grow);
     let t = Instant::now();
-    assert_eq!(
-        w.admit(&spin, Family::V4, flow(&spin, 1), Instant::now()),
-        Admit::Allow,
-        "policy open"
+    assert!(
+        matches!(
+            w.admit(&spin, 0, Family::V4, flow(&spin, 1), Instant::now()),
+            Err(FailureKind::Deadline)
+        ),
+        "reported to the caller, which applies the policy"
     );
     let took = t.elapsed();
     assert_eq!(failures(&spin, FailureKind::Deadline), 1);
@@ -130,10 +130,10 @@ fn endless_loop_is_cut_at_the_deadline_and_memory_at_the_cap() {
         took < Duration::from_secs(2),
         "interrupted near its 20 ms deadline, took {took:?}"
     );
-    assert_eq!(
-        w.admit(&grow, Family::V4, flow(&grow, 1), Instant::now()),
-        Admit::Allow
-    );
+    assert!(matches!(
+        w.admit(&grow, 0, Family::V4, flow(&grow, 1), Instant::now()),
+        Err(FailureKind::Memory)
+    ));
     assert_eq!(
         failures(&grow, FailureKind::Memory),
         1,
@@ -146,7 +146,7 @@ fn bad_answers_are_failures_but_keep_the_instance() {
     let mut r = setup(&["hostile/bad-index"], RuntimeConfig::default());
     let b = rig::backends(3);
     let ch = chain(&mut r, "bad-index", "", &b);
-    let mut w = WorkerPlugins::new(Some(r.rt.clone()), 0);
+    let mut w = WorkerInstances::new(Some(r.rt.clone()), 0);
     w.attach(&ch);
     assert_eq!(
         w.select(&ch, Family::V4, flow(&ch, 1), &b, &[], Instant::now()),
@@ -172,7 +172,7 @@ fn endpoint_changes_reach_the_plugin_and_retries_exclude_failures() {
     let mut r = setup(&["consistent-hash"], RuntimeConfig::default());
     let b3 = rig::backends(3);
     let ch = chain(&mut r, "consistent-hash", "", &b3);
-    let mut w = WorkerPlugins::new(Some(r.rt.clone()), 0);
+    let mut w = WorkerInstances::new(Some(r.rt.clone()), 0);
     w.attach(&ch);
     let now = Instant::now();
     let mut first = Vec::new();

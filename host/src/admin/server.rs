@@ -10,8 +10,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 
-use super::metrics::Metrics;
 use crate::dataplane::ConntrackReader;
+use crate::metrics::Metrics;
 
 /// What the handlers read.
 #[derive(Clone)]

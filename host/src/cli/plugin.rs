@@ -10,7 +10,7 @@ use prometheus_client::metrics::counter::Counter;
 
 use super::{PluginArgs, PluginCommand, PluginLimits};
 use crate::plugin::bindings::types;
-use crate::plugin::chain::{address, protocol};
+use crate::plugin::wire::{address, protocol};
 use crate::plugin::{Instance, Plugin, Runtime};
 
 /// Runs a `plugin` subcommand.
@@ -93,7 +93,7 @@ fn flow(i: usize, handle: u32) -> types::Flow {
         client_port: 1024 + (i % 60000) as u16,
         node: address(std::net::Ipv4Addr::new(198, 19, 0, 1).into()),
         node_port: 30080,
-        hash: crate::balance::mix(i as u64),
+        hash: crate::policy::mix(i as u64),
     }
 }
 

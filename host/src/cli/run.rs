@@ -7,11 +7,11 @@ use anyhow::Context;
 
 use super::{PreserveSource, RelayMode, RunArgs};
 use crate::admin::health;
-use crate::admin::metrics::Metrics;
 use crate::admin::server::{self, AdminState};
 use crate::dataplane::listener::{self, BindAddresses};
 use crate::dataplane::transparent::Transparent;
 use crate::dataplane::{Dataplane, DataplaneConfig};
+use crate::metrics::Metrics;
 use crate::model::store::Store;
 use crate::model::{Family, NodeInfo};
 use crate::source::manifests::ManifestDir;

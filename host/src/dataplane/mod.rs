@@ -4,9 +4,12 @@
 
 pub mod batch;
 pub mod conntrack;
+pub mod control;
 pub mod listener;
 pub mod pktinfo;
+pub mod refusal;
 pub mod relay;
+pub mod route;
 mod tcp;
 pub mod transparent;
 mod udp;
@@ -18,22 +21,14 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::admin::metrics::{FrontendMetrics, Metrics};
+use crate::metrics::Metrics;
 use crate::model::{Frontend, FrontendKey, Protocol};
 use conntrack::Row;
+use control::{ask_all, Control, ListenerSocket, Peer};
 use listener::BindAddresses;
-use worker::{Control, ListenerSocket, Peer, Worker};
-
-/// What workers consult for a frontend: the frontend and its metric handles.
-#[derive(Debug)]
-pub struct Route {
-    /// The frontend as built from the model.
-    pub frontend: Frontend,
-    /// Its counters.
-    pub metrics: FrontendMetrics,
-    /// The Service's WASM plugin chain (None: native kube-proxy behaviour).
-    pub chain: Option<Arc<crate::plugin::Chain>>,
-}
+pub use refusal::Refusal;
+pub use route::Route;
+use worker::Worker;
 
 /// Dataplane settings (from the CLI).
 #[derive(Clone, Debug)]
@@ -107,21 +102,8 @@ pub struct ConntrackReader {
 impl ConntrackReader {
     /// Every worker's flows. Blocks for at most a second per worker.
     pub fn dump(&self) -> Vec<Row> {
-        let mut rows = Vec::new();
-        let replies: Vec<_> = self
-            .peers
-            .iter()
-            .filter_map(|p| {
-                let (tx, rx) = crossbeam_channel::bounded(1);
-                p.send(Control::Dump(tx)).then_some(rx)
-            })
-            .collect();
-        for rx in replies {
-            if let Ok(part) = rx.recv_timeout(Duration::from_secs(1)) {
-                rows.extend(part);
-            }
-        }
-        rows
+        let parts = ask_all(&self.peers, Control::Dump, Duration::from_secs(1));
+        parts.into_iter().flatten().collect()
     }
 }
 
@@ -133,7 +115,7 @@ impl Dataplane {
         let mut parts = Vec::new();
         let mut peers = Vec::new();
         for _ in 0..cfg.workers.max(1) {
-            let (p, peer) = worker::parts()?;
+            let (p, peer) = control::parts()?;
             parts.push(p);
             peers.push(peer);
         }
@@ -192,12 +174,9 @@ impl Dataplane {
         chain: Option<Arc<crate::plugin::Chain>>,
     ) -> Result<(), String> {
         let key = frontend.key;
-        let metrics = self.metrics.frontend(&frontend);
-        let route = Arc::new(Route {
-            frontend,
-            metrics,
-            chain,
-        });
+        let metrics = self.metrics.frontend(&(&frontend).into());
+        let previous = self.programmed.get(&key).map(|p| &*p.route);
+        let route = Arc::new(Route::new(frontend, metrics, chain, previous));
         let wanted: Vec<(SocketAddr, bool)> = route
             .frontend
             .families
@@ -278,7 +257,7 @@ impl Dataplane {
                 self.close_socket(s);
             }
             self.broadcast(*key, None);
-            self.metrics.forget(&p.route.frontend);
+            self.metrics.forget::<Refusal>(&(&p.route.frontend).into());
             self.metrics.listeners.set(self.open_sockets);
         }
     }
@@ -361,17 +340,7 @@ impl Dataplane {
 
     /// Returns once every worker has applied everything sent so far (benchmarks, tests).
     pub fn barrier(&self) {
-        let waits: Vec<_> = self
-            .peers
-            .iter()
-            .filter_map(|p| {
-                let (tx, rx) = crossbeam_channel::bounded(1);
-                p.send(Control::Barrier(tx)).then_some(rx)
-            })
-            .collect();
-        for rx in waits {
-            let _ = rx.recv_timeout(Duration::from_secs(5));
-        }
+        ask_all(&self.peers, Control::Barrier, Duration::from_secs(5));
     }
 
     /// Stops accepting, lets flows finish for `grace`, then returns once workers exit.

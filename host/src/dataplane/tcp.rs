@@ -12,13 +12,14 @@ use std::time::Duration;
 use mio::Interest;
 
 use super::conntrack::{Counters, Entry, FlowId, State, Tuple};
+use super::control::Handoff;
 use super::listener::tcp_connect;
+use super::refusal::Refusal;
 use super::relay::{splice_unsupported, Buffers, Conduit, Pipe};
-use super::worker::{flow_token, FlowIo, Handoff, Sock, Worker};
+use super::worker::{flow_token, FlowIo, Sock, Worker};
 use super::Route;
-use crate::admin::metrics::Refusal;
-use crate::balance::FlowInfo;
-use crate::model::{Family, Protocol};
+use crate::model::Protocol;
+use crate::policy::{Ending, FlowInfo};
 
 /// Pause before accepting again after accept failed for lack of resources.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
@@ -59,9 +60,8 @@ pub struct TcpFlow {
     phase: Phase,
     up: Half,
     down: Half,
-    family: Family,
     /// The flow as first seen (its id, hash and affinity key serve retries).
-    flow: FlowInfo,
+    pub(super) flow: FlowInfo,
     /// The route the flow started on: its metrics, and endpoints for retries.
     pub(super) route: Arc<Route>,
 }
@@ -143,19 +143,15 @@ impl Worker {
                 continue;
             }
             let flow = self.new_flow(key, client, node);
-            let flow = match self.admit(&route, family, flow) {
+            let flow = match route.policy.admit(&mut self.policy, flow) {
                 Ok(flow) => flow,
                 Err(why) => {
-                    route.metrics.refuse(why);
+                    route.refuse(why);
                     reset(&stream);
                     continue;
                 }
             };
-            let h = Handoff {
-                stream,
-                flow,
-                family,
-            };
+            let h = Handoff { stream, flow };
             let target = self.carrier(&route, &flow);
             if target == self.index {
                 self.start_tcp(h);
@@ -184,7 +180,7 @@ impl Worker {
             return;
         };
         let mut tried = Vec::new();
-        let (endpoint, upstream) = match self.connect_next(&route, h.family, &flow, &mut tried) {
+        let (endpoint, upstream) = match self.connect_next(&route, &flow, &mut tried) {
             Ok(pair) => pair,
             Err(why) => {
                 route.metrics.refuse(why);
@@ -215,7 +211,6 @@ impl Worker {
             phase: Phase::Connecting { tried },
             up: Half::new(),
             down: Half::new(),
-            family: h.family,
             flow,
             route,
         });
@@ -227,7 +222,7 @@ impl Worker {
         metrics.active.inc();
         self.peers[self.index].load.add(1);
         if self.register_tcp(id, generation).is_err() {
-            self.abort(id);
+            self.abort(id, Ending::Reset);
             return;
         }
         self.arm_connect_timer(id, generation);
@@ -239,15 +234,15 @@ impl Worker {
     fn connect_next(
         &mut self,
         route: &Route,
-        family: Family,
         flow: &FlowInfo,
         tried: &mut Vec<SocketAddr>,
     ) -> Result<(SocketAddr, mio::net::TcpStream), Refusal> {
+        let backends = route.backends(flow.family);
         while tried.len() < self.cfg.connect_attempts {
-            let addr = match self.pick(route, family, flow, tried) {
+            let addr = match route.policy.pick(&mut self.policy, flow, backends, tried) {
                 Ok(addr) => addr,
-                Err(Refusal::NoEndpoint) if !tried.is_empty() => break,
-                Err(why) => return Err(why),
+                Err(crate::policy::Refused::NoEndpoint) if !tried.is_empty() => break,
+                Err(why) => return Err(why.into()),
             };
             match tcp_connect(addr, self.source_for(route, &flow.client, &addr)) {
                 Ok(s) => return Ok((addr, mio::net::TcpStream::from_std(s))),
@@ -371,13 +366,12 @@ impl Worker {
             .get(&entry.frontend)
             .cloned()
             .unwrap_or_else(|| t.route.clone());
-        let family = t.family;
         let flow = t.flow;
         let mut tried_now = tried;
-        let next = self.connect_next(&route, family, &flow, &mut tried_now);
+        let next = self.connect_next(&route, &flow, &mut tried_now);
         let Ok((addr, mut stream)) = next.map_err(|why| route.metrics.refuse(why)) else {
             tracing::info!(service = %route.frontend.service, client = %flow.client, "no endpoint accepted the connection; resetting client");
-            self.abort(id);
+            self.abort(id, Ending::ConnectFailed);
             return;
         };
         let registry = self.registry().try_clone();
@@ -395,7 +389,7 @@ impl Worker {
         t.upstream = stream; // the failed socket closes here
         t.phase = Phase::Connecting { tried: tried_now };
         if ok.is_err() {
-            self.abort(id);
+            self.abort(id, Ending::Reset);
             return;
         }
         self.arm_connect_timer(id, generation);
@@ -461,7 +455,7 @@ impl Worker {
                 tracing::warn!(error = %e, "splice unavailable; relaying by copy from now on");
                 self.splice = false;
             }
-            self.abort(id);
+            self.abort(id, Ending::Reset);
             return;
         }
         if t.up.eof && !t.up.shut && t.up.conduit.as_ref().is_some_and(|c| c.pending() == 0) {
@@ -473,19 +467,19 @@ impl Worker {
             t.down.shut = true;
         }
         if t.up.shut && t.down.shut {
-            self.close_flow(id);
+            self.close_flow(id, Ending::Closed);
         } else if t.up.shut || t.down.shut {
             entry.state = State::FinWait;
         }
     }
 
     /// Ends a flow with RST on both sides.
-    pub(super) fn abort(&mut self, id: FlowId) {
+    pub(super) fn abort(&mut self, id: FlowId, ending: Ending) {
         if let Some((_, FlowIo::Tcp(t), _)) = self.table.get_by_id(id) {
             reset(&t.client);
             reset(&t.upstream);
         }
-        self.close_flow(id);
+        self.close_flow(id, ending);
     }
 }
 

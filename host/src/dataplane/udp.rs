@@ -13,10 +13,11 @@ use mio::Interest;
 use super::batch::BATCH;
 use super::conntrack::{Counters, Entry, FlowId, State, Tuple};
 use super::listener::udp_upstream;
+use super::refusal::Refusal;
 use super::worker::{flow_token, FlowIo, Sock, Worker};
 use super::Route;
-use crate::admin::metrics::Refusal;
 use crate::model::Protocol;
+use crate::policy::{Ending, FlowInfo};
 
 /// A UDP flow's upstream socket and the nodePort socket it answers through.
 pub struct UdpFlow {
@@ -25,6 +26,8 @@ pub struct UdpFlow {
     pub(super) listener: usize,
     /// Route the flow started on (metrics).
     pub(super) route: Arc<Route>,
+    /// The flow as its policy saw it.
+    pub(super) flow: FlowInfo,
 }
 
 impl Worker {
@@ -82,25 +85,21 @@ impl Worker {
 
     fn new_udp_flow(&mut self, idx: usize, tuple: Tuple) -> Option<FlowId> {
         let l = self.listeners.get(idx)?;
-        let (key, family) = (l.key, l.family);
+        let key = l.key;
         let route = self.routes.get(&key).cloned()?;
-        if route.chain.as_ref().is_some_and(|c| c.admission) && self.udp_refused(&tuple) {
-            route.metrics.refuse(Refusal::Denied);
-            return None;
-        }
         let flow = self.new_flow(key, tuple.client, tuple.node);
+        let backends = route.backends(flow.family);
         let picked = self
-            .admit(&route, family, flow)
-            .inspect_err(|why| {
-                if matches!(why, Refusal::Denied | Refusal::PluginFailed) {
-                    self.deny_udp(tuple);
-                }
-            })
-            .and_then(|flow| self.pick(&route, family, &flow, &[]));
-        let endpoint = match picked {
-            Ok(endpoint) => endpoint,
+            .policy
+            .admit_datagram(&*route.policy, flow)
+            .and_then(|flow| {
+                let endpoint = route.policy.pick(&mut self.policy, &flow, backends, &[])?;
+                Ok((flow, endpoint))
+            });
+        let (flow, endpoint) = match picked {
+            Ok(pair) => pair,
             Err(why) => {
-                route.metrics.refuse(why);
+                route.refuse(why);
                 return None;
             }
         };
@@ -129,6 +128,7 @@ impl Worker {
             upstream,
             listener: idx,
             route,
+            flow,
         });
         let Some((id, generation)) = self.table.insert(entry, io, true) else {
             metrics.refuse(Refusal::TableFull);
@@ -144,7 +144,7 @@ impl Worker {
             Interest::READABLE,
         ) {
             tracing::warn!(error = %e, "cannot watch UDP upstream socket");
-            self.close_flow(id);
+            self.close_flow(id, Ending::Closed);
             return None;
         }
         metrics.flows.inc();

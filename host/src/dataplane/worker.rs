@@ -9,37 +9,27 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
-use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use crossbeam_channel::{Receiver, TryRecvError};
+use mio::{Events, Interest, Poll, Registry, Token};
 use rustc_hash::FxHashMap;
 use slab::Slab;
 
 use super::batch::Batch;
-use super::conntrack::Tuple;
 use super::conntrack::{FlowId, Row, Table};
+use super::control::{Control, Handoff, ListenerSocket, Parts, Peer, WAKER};
 use super::relay::{Buffers, Pipe};
 use super::tcp::TcpFlow;
 use super::udp::UdpFlow;
 use super::{DataplaneConfig, Route};
-use crate::admin::metrics::Refusal;
-use crate::balance::affinity::{AffinityKey, AffinityTable};
-use crate::balance::random::Random;
-use crate::balance::{FlowInfo, Selector};
-use crate::model::{FailurePolicy, Family, FrontendKey};
-use crate::plugin::{chain as wit, Admit, Chain, WorkerPlugins};
+use crate::model::{Family, FrontendKey};
+use crate::plugin::WorkerInstances;
+use crate::policy::{Ending, FlowEnd, FlowInfo, PolicyState};
 
-/// Token of the waker that control and hand-off messages ring.
-pub(super) const WAKER: Token = Token(1 << 62);
 const LISTENER_BIT: usize = 1 << 61;
-/// How often idle affinity entries are swept.
+/// How often idle affinity entries and refused UDP tuples are swept.
 const AFFINITY_SWEEP: Duration = Duration::from_secs(30);
-/// Default lifetime of a plugin's affinity entry when neither it nor the Service says.
-const DEFAULT_AFFINITY: Duration = Duration::from_secs(10800);
-/// How long a UDP client tuple that admission refused stays refused without asking again
-/// (so a plugin is asked once per flow, not once per datagram).
-const UDP_DENIED_FOR: Duration = Duration::from_secs(1);
-/// Most refused UDP tuples remembered (spoofed floods cannot grow it further).
-const UDP_DENIED_MAX: usize = 65536;
+/// How far a worker's load may exceed another's before it hands a new connection over.
+const LOCAL_SLACK: usize = 8;
 
 /// Flow tokens carry the slot, its generation and the side, so an event for a flow that was
 /// closed and replaced within one poll round is recognised as stale.
@@ -53,14 +43,6 @@ fn split_flow_token(t: Token) -> (FlowId, u16, bool) {
         (t.0 >> 40) as u16,
         t.0 & 1 == 1,
     )
-}
-
-/// A nodePort socket handed to a worker.
-pub enum ListenerSocket {
-    /// Accepts connections.
-    Tcp(std::net::TcpListener),
-    /// Receives datagrams.
-    Udp(std::net::UdpSocket),
 }
 
 pub(super) enum Sock {
@@ -77,83 +59,6 @@ pub(super) struct Listener {
     pub(super) wildcard: bool,
     pub(super) local: SocketAddr,
     pub(super) sock: Sock,
-}
-
-/// Messages from the control plane.
-pub enum Control {
-    /// Swap in (or remove) the route of a frontend.
-    Route(FrontendKey, Option<Arc<Route>>),
-    /// Start serving a nodePort socket.
-    AddListener {
-        /// Control-plane id of the socket.
-        id: u64,
-        /// Frontend it serves.
-        key: FrontendKey,
-        /// The socket.
-        socket: ListenerSocket,
-    },
-    /// Stop serving a nodePort socket and close it; `done` is told once it is closed.
-    RemoveListener {
-        /// Control-plane id.
-        id: u64,
-        /// Acknowledgement.
-        done: Sender<()>,
-    },
-    /// Send back a copy of this worker's conntrack shard.
-    Dump(Sender<Vec<Row>>),
-    /// Answer once every earlier message has been applied.
-    Barrier(Sender<()>),
-    /// Close listeners, let flows finish until the deadline, then exit.
-    Shutdown(Instant),
-}
-
-/// An accepted connection passed to the worker that will carry it.
-pub struct Handoff {
-    pub(super) stream: mio::net::TcpStream,
-    /// The flow, admitted, with its affinity key if a plugin gave one.
-    pub(super) flow: FlowInfo,
-    pub(super) family: Family,
-}
-
-/// A worker's count of TCP flows, alone on its cache line: written by its worker only, read
-/// by the others when they place a new connection.
-#[repr(align(128))]
-#[derive(Default)]
-pub struct Load(std::sync::atomic::AtomicUsize);
-
-impl Load {
-    fn get(&self) -> usize {
-        self.0.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    pub(super) fn add(&self, delta: isize) {
-        if delta >= 0 {
-            self.0
-                .fetch_add(delta as usize, std::sync::atomic::Ordering::Relaxed);
-        } else {
-            self.0
-                .fetch_sub(delta.unsigned_abs(), std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-}
-
-/// How far a worker's load may exceed another's before it hands a new connection over.
-const LOCAL_SLACK: usize = 8;
-
-/// How other threads reach a worker.
-#[derive(Clone)]
-pub struct Peer {
-    pub(super) control: Sender<Control>,
-    pub(super) handoff: Sender<Handoff>,
-    pub(super) waker: Arc<Waker>,
-    pub(super) load: Arc<Load>,
-}
-
-impl Peer {
-    /// Sends a control message and wakes the worker.
-    pub fn send(&self, msg: Control) -> bool {
-        self.control.send(msg).is_ok() && self.waker.wake().is_ok()
-    }
 }
 
 /// What a worker keeps beside each conntrack entry. Stored inline in the table: boxing the
@@ -175,14 +80,10 @@ pub struct Worker {
     pub(super) connect_timers: BinaryHeap<Reverse<(Instant, FlowId, u32)>>,
     pub(super) peers: Arc<[Peer]>,
     pub(super) next_peer: usize,
-    pub(super) random: Random,
-    pub(super) affinity: AffinityTable,
-    /// This worker's plugin instances.
-    pub(super) plugins: WorkerPlugins,
+    /// Affinity entries, plugin instances, random choice: what policies keep per worker.
+    pub(super) policy: PolicyState,
     /// Numbers this worker's new flows.
     pub(super) flow_seq: u64,
-    /// UDP client tuples admission refused, until when.
-    pub(super) udp_denied: FxHashMap<Tuple, Instant>,
     pub(super) pipes: Vec<Pipe>,
     pub(super) buffers: Buffers,
     pub(super) splice: bool,
@@ -199,42 +100,14 @@ pub struct Worker {
     next_sweep: Instant,
 }
 
-/// Channels and poll of a worker not yet started.
-pub struct Parts {
-    pub(super) poll: Poll,
-    pub(super) control: Receiver<Control>,
-    pub(super) inbox: Receiver<Handoff>,
-}
-
-/// Creates a worker's poll, waker and queues.
-pub fn parts() -> io::Result<(Parts, Peer)> {
-    let poll = Poll::new()?;
-    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-    let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();
-    let (ho_tx, ho_rx) = crossbeam_channel::bounded(4096);
-    Ok((
-        Parts {
-            poll,
-            control: ctl_rx,
-            inbox: ho_rx,
-        },
-        Peer {
-            control: ctl_tx,
-            handoff: ho_tx,
-            waker,
-            load: Arc::default(),
-        },
-    ))
-}
-
 impl Worker {
     /// Builds a worker from its parts; `peers` includes itself at `index`.
     pub fn new(index: usize, cfg: Arc<DataplaneConfig>, parts: Parts, peers: Arc<[Peer]>) -> Self {
         let now = Instant::now();
-        let plugins = WorkerPlugins::new(cfg.plugins.clone(), index);
+        let plugins = Box::new(WorkerInstances::new(cfg.plugins.clone(), index));
         Self {
             index,
-            plugins,
+            policy: PolicyState::new(index, plugins, now),
             splice: cfg.splice,
             table: Table::new(cfg.max_flows_per_worker),
             cfg,
@@ -244,12 +117,7 @@ impl Worker {
             connect_timers: BinaryHeap::new(),
             peers,
             next_peer: index,
-            random: Random::new(
-                0x9e37_79b9_7f4a_7c15 ^ (index as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d),
-            ),
-            affinity: AffinityTable::default(),
             flow_seq: 0,
-            udp_denied: FxHashMap::default(),
             pipes: Vec::new(),
             buffers: Buffers::default(),
             buf: vec![0u8; 65536].into_boxed_slice(),
@@ -276,6 +144,7 @@ impl Worker {
                 }
             }
             self.now = Instant::now();
+            self.policy.now = self.now;
             for ev in events.iter() {
                 let t = ev.token();
                 if t == WAKER {
@@ -380,22 +249,9 @@ impl Worker {
         match msg {
             Control::Route(key, Some(route)) => {
                 let old = self.routes.insert(key, route.clone());
-                let old_chain = old.as_ref().and_then(|o| o.chain.as_ref());
-                let same_chain = Chain::same(old_chain, route.chain.as_ref());
-                if !same_chain {
-                    if let Some(c) = &route.chain {
-                        self.plugins.attach(c);
-                    }
-                    if let Some(c) = old_chain {
-                        self.plugins.detach(c);
-                    }
-                }
-                if old.as_ref().is_some_and(|o| {
-                    o.frontend.affinity != route.frontend.affinity
-                        || (!same_chain && o.chain.as_ref().is_some_and(|c| c.affinity.is_some()))
-                }) {
-                    self.affinity.forget_frontend(key);
-                }
+                let forget = old.is_some() && route.forget_affinity;
+                let old_policy = old.as_ref().map(|o| &o.policy);
+                (self.policy).replace(key, old_policy, Some(&route.policy), forget);
                 // Only an endpoint that stopped serving costs a scan of the shard.
                 let lost = old.as_ref().is_some_and(|o| {
                     o.frontend
@@ -408,10 +264,9 @@ impl Worker {
                 }
             }
             Control::Route(key, None) => {
-                if let Some(c) = self.routes.remove(&key).and_then(|r| r.chain.clone()) {
-                    self.plugins.detach(&c);
-                }
-                self.affinity.forget_frontend(key);
+                let old = self.routes.remove(&key);
+                let old_policy = old.as_ref().map(|o| &o.policy);
+                self.policy.replace(key, old_policy, None, true);
                 self.clear_udp_flows(key, None);
             }
             Control::AddListener { id, key, socket } => self.add_listener(id, key, socket),
@@ -500,7 +355,7 @@ impl Worker {
                 .map(|(id, _, _)| id)
                 .collect();
             for id in doomed {
-                self.close_flow(id);
+                self.close_flow(id, Ending::Closed);
             }
         }
     }
@@ -519,7 +374,7 @@ impl Worker {
             .map(|(id, _, _)| id)
             .collect();
         for id in doomed {
-            self.close_flow(id);
+            self.close_flow(id, Ending::Closed);
         }
     }
 
@@ -544,31 +399,38 @@ impl Worker {
             }
         }
         while let Some(id) = self.table.pop_expired(self.now) {
-            self.close_flow(id);
+            self.close_flow(id, Ending::Closed);
         }
         if self.now >= self.next_sweep {
             self.next_sweep = self.now + AFFINITY_SWEEP;
-            self.affinity.sweep(self.now);
-            let now = self.now;
-            self.udp_denied.retain(|_, until| *until > now);
+            self.policy.sweep();
         }
     }
 
-    /// Ends a flow: sockets close, pipes go back to the pool, gauges drop.
-    pub(super) fn close_flow(&mut self, id: FlowId) {
-        let Some((_, io)) = self.table.remove(id) else {
+    /// Ends a flow: sockets close, pipes go back to the pool, gauges drop, and the flow's
+    /// policy learns how it ended.
+    pub(super) fn close_flow(&mut self, id: FlowId, ending: Ending) {
+        let Some((entry, io)) = self.table.remove(id) else {
             return;
         };
-        match io {
+        let (route, flow) = match io {
             FlowIo::Tcp(t) => {
-                t.route.metrics.active.dec();
                 self.peers[self.index].load.add(-1);
+                let (route, flow) = (t.route.clone(), t.flow);
                 t.release(&mut self.pipes, &mut self.buffers);
+                (route, flow)
             }
-            FlowIo::Udp(u) => {
-                u.route.metrics.active.dec();
-            }
-        }
+            FlowIo::Udp(u) => (u.route, u.flow),
+        };
+        route.metrics.active.dec();
+        let end = FlowEnd {
+            endpoint: entry.endpoint,
+            ending,
+            duration: self.now.saturating_duration_since(entry.started),
+            bytes_in: entry.orig.bytes,
+            bytes_out: entry.reply.bytes,
+        };
+        route.policy.flow_ended(&mut self.policy, &flow, &end);
     }
 
     /// A new flow's info, numbered by this worker.
@@ -582,119 +444,15 @@ impl Worker {
         FlowInfo::new(self.index, self.flow_seq, key, client, node)
     }
 
-    /// The flow as plugins see it.
-    fn flow_record(chain: &Chain, family: Family, flow: &FlowInfo) -> wit::types::Flow {
-        wit::types::Flow {
-            id: flow.id,
-            handle: chain.handle(family),
-            protocol: wit::protocol(flow.frontend.protocol),
-            client: wit::address(flow.client.ip()),
-            client_port: flow.client.port(),
-            node: wit::address(flow.node.ip()),
-            node_port: flow.node.port(),
-            hash: flow.hash,
-        }
-    }
-
-    /// Runs the Service's admission plugins and asks its affinity plugin for a key, before
-    /// the flow is placed on a worker. Err is why the flow is refused.
-    pub(super) fn admit(
-        &mut self,
-        route: &Route,
-        family: Family,
-        flow: FlowInfo,
-    ) -> Result<FlowInfo, Refusal> {
-        let Some(chain) = &route.chain else {
-            return Ok(flow);
-        };
-        let record = Self::flow_record(chain, family, &flow);
-        match self.plugins.admit(chain, family, record, self.now) {
-            Admit::Allow => {}
-            Admit::Deny => return Err(Refusal::Denied),
-            Admit::Failed => return Err(Refusal::PluginFailed),
-        }
-        match self.plugins.affinity_key(chain, family, record, self.now) {
-            Ok(Some(a)) => {
-                let ttl = match a.ttl_seconds {
-                    0 => route.frontend.affinity.unwrap_or(DEFAULT_AFFINITY),
-                    s => Duration::from_secs(s as u64),
-                };
-                Ok(flow.with_affinity(a.key, ttl))
-            }
-            Ok(None) => Ok(flow),
-            Err(_) if chain.policy == FailurePolicy::Closed => Err(Refusal::PluginFailed),
-            Err(_) => Ok(flow),
-        }
-    }
-
-    /// Chooses an endpoint for a new flow (or a retry), never one of `tried`: the affinity
-    /// entry of the flow's key (plugin key, else ClientIP) if alive, else the selection
-    /// plugin, else (or when it failed under policy open) kube-proxy's random choice.
-    pub(super) fn pick(
-        &mut self,
-        route: &Route,
-        family: Family,
-        flow: &FlowInfo,
-        tried: &[SocketAddr],
-    ) -> Result<SocketAddr, Refusal> {
-        let fe = &route.frontend;
-        let backends = match family {
-            Family::V4 => &fe.v4,
-            Family::V6 => &fe.v6,
-        };
-        if backends.is_empty() {
-            return Err(Refusal::NoEndpoint);
-        }
-        let key = match flow.affinity {
-            Some((k, ttl)) => Some((AffinityKey::Plugin(k), ttl)),
-            None => fe
-                .affinity
-                .map(|t| (AffinityKey::Client(flow.client.ip()), t)),
-        };
-        if let Some((k, ttl)) = key {
-            if let Some(addr) = self.affinity.lookup(fe.key, k, self.now) {
-                if !tried.contains(&addr) && backends.iter().any(|b| b.addr == addr) {
-                    self.affinity.record(fe.key, k, addr, ttl, self.now);
-                    return Ok(addr);
-                }
-            }
-        }
-        let idx = match route.chain.as_ref().filter(|c| c.selection.is_some()) {
-            Some(chain) => {
-                let record = Self::flow_record(chain, family, flow);
-                match self
-                    .plugins
-                    .select(chain, family, record, backends, tried, self.now)
-                {
-                    Ok(i) => i,
-                    Err(_) if chain.policy == FailurePolicy::Closed => {
-                        return Err(Refusal::PluginFailed)
-                    }
-                    Err(_) => self.random.select(flow, backends, tried),
-                }
-            }
-            None => self.random.select(flow, backends, tried),
-        };
-        let addr = backends[idx.ok_or(Refusal::NoEndpoint)?].addr;
-        if let Some((k, ttl)) = key {
-            self.affinity.record(fe.key, k, addr, ttl, self.now);
-        }
-        Ok(addr)
-    }
-
-    /// The worker that carries a new TCP flow: by affinity key (a plugin's, else the client
-    /// IP for ClientIP affinity), so one worker's affinity table sees all of a key's flows.
-    /// Otherwise the accepting worker keeps it (no cross-thread hand-off, no wake-up) unless
-    /// it carries more than LOCAL_SLACK flows beyond the next peer in turn, which then gets
-    /// it: load spreads as soon as one worker falls behind.
+    /// The worker that carries a new TCP flow: the one its policy's placement hash names
+    /// (so one worker's affinity table sees all of a key's flows). Otherwise the accepting
+    /// worker keeps it (no cross-thread hand-off, no wake-up) unless it carries more than
+    /// LOCAL_SLACK flows beyond the next peer in turn, which then gets it: load spreads as
+    /// soon as one worker falls behind.
     pub(super) fn carrier(&mut self, route: &Route, flow: &FlowInfo) -> usize {
         let n = self.peers.len();
-        if flow.affinity.is_some() {
-            return (flow.hash % n as u64) as usize;
-        }
-        if route.frontend.affinity.is_some() {
-            use std::hash::BuildHasher;
-            return (rustc_hash::FxBuildHasher.hash_one(flow.client.ip()) % n as u64) as usize;
+        if let Some(h) = route.policy.placement(flow) {
+            return (h % n as u64) as usize;
         }
         if n == 1 {
             return self.index;
@@ -709,26 +467,6 @@ impl Worker {
         } else {
             self.index
         }
-    }
-
-    /// Remembers that admission refused a UDP tuple, so its next datagrams are dropped
-    /// without asking again for a while.
-    pub(super) fn deny_udp(&mut self, tuple: Tuple) {
-        if self.udp_denied.len() >= UDP_DENIED_MAX {
-            let now = self.now;
-            self.udp_denied.retain(|_, until| *until > now);
-            if self.udp_denied.len() >= UDP_DENIED_MAX {
-                self.udp_denied.clear();
-            }
-        }
-        self.udp_denied.insert(tuple, self.now + UDP_DENIED_FOR);
-    }
-
-    /// Whether a UDP tuple is still refused.
-    pub(super) fn udp_refused(&self, tuple: &Tuple) -> bool {
-        self.udp_denied
-            .get(tuple)
-            .is_some_and(|until| *until > self.now)
     }
 
     /// The address an upstream socket binds to: the client's for externalTrafficPolicy Local

@@ -135,6 +135,7 @@ fn topology_filter<'a, T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use TrafficPolicy::{Cluster, Local};
 
     fn ep(last: u8, ready: bool, serving: bool, terminating: bool, node: &str) -> Endpoint {
         Endpoint {
@@ -149,8 +150,27 @@ mod tests {
         }
     }
 
-    fn addrs(v: Vec<&Endpoint>) -> Vec<u8> {
-        v.iter()
+    /// A ready endpoint on `node` with zone and node hints.
+    fn hinted(last: u8, node: &str, zones: Option<&[&str]>, nodes: Option<&[&str]>) -> Endpoint {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+        Endpoint {
+            hint_zones: zones.map(names),
+            hint_nodes: nodes.map(names),
+            ..ep(last, true, true, false, node)
+        }
+    }
+
+    fn node(name: &str, zone: Option<&str>) -> NodeInfo {
+        NodeInfo {
+            name: name.into(),
+            zone: zone.map(String::from),
+        }
+    }
+
+    /// The last octets of the usable endpoints.
+    fn pick(eps: &[Endpoint], policy: TrafficPolicy, n: &NodeInfo) -> Vec<u8> {
+        usable(eps, |e| e, policy, n)
+            .iter()
             .map(|e| match e.addr {
                 IpAddr::V4(a) => a.octets()[3],
                 IpAddr::V6(_) => 0,
@@ -158,67 +178,126 @@ mod tests {
             .collect()
     }
 
-    fn node(name: &str) -> NodeInfo {
-        NodeInfo {
-            name: name.into(),
-            zone: None,
-        }
-    }
-
     #[test]
     fn cluster_prefers_ready_then_terminating_serving() {
-        let eps = vec![ep(1, true, true, false, "a"), ep(2, false, true, true, "b")];
-        let n = node("a");
-        assert_eq!(
-            addrs(usable(&eps, |e| e, TrafficPolicy::Cluster, &n)),
-            vec![1]
-        );
-        let eps = vec![
+        let n = node("a", None);
+        let eps = [ep(1, true, true, false, "a"), ep(2, false, true, true, "b")];
+        assert_eq!(pick(&eps, Cluster, &n), vec![1]);
+        let eps = [
             ep(1, false, false, true, "a"),
             ep(2, false, true, true, "b"),
             ep(3, false, false, false, "b"),
         ];
-        assert_eq!(
-            addrs(usable(&eps, |e| e, TrafficPolicy::Cluster, &n)),
-            vec![2]
-        );
+        assert_eq!(pick(&eps, Cluster, &n), vec![2]);
+    }
+
+    #[test]
+    fn cluster_uses_every_node_and_ready_terminating_endpoints() {
+        let eps = [
+            ep(1, true, true, false, "a"),
+            ep(2, true, true, false, "b"),
+            ep(3, true, true, true, "c"),
+        ];
+        assert_eq!(pick(&eps, Cluster, &node("z", None)), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn cluster_fallback_needs_serving_and_terminating() {
+        let eps = [
+            ep(1, false, true, false, "a"),
+            ep(2, false, false, true, "a"),
+            ep(3, false, false, false, "a"),
+        ];
+        assert!(pick(&eps, Cluster, &node("a", None)).is_empty());
+        assert!(pick(&[], Cluster, &node("a", None)).is_empty());
     }
 
     #[test]
     fn local_uses_only_this_node() {
-        let eps = vec![ep(1, true, true, false, "a"), ep(2, true, true, false, "b")];
-        assert_eq!(
-            addrs(usable(&eps, |e| e, TrafficPolicy::Local, &node("b"))),
-            vec![2]
-        );
-        assert!(usable(&eps, |e| e, TrafficPolicy::Local, &node("c")).is_empty());
-        let eps = vec![ep(1, true, true, false, "a"), ep(2, false, true, true, "b")];
-        assert_eq!(
-            addrs(usable(&eps, |e| e, TrafficPolicy::Local, &node("b"))),
-            vec![2]
-        );
+        let eps = [ep(1, true, true, false, "a"), ep(2, true, true, false, "b")];
+        assert_eq!(pick(&eps, Local, &node("b", None)), vec![2]);
+        assert!(pick(&eps, Local, &node("c", None)).is_empty());
+        let eps = [ep(1, true, true, false, "a"), ep(2, false, true, true, "b")];
+        assert_eq!(pick(&eps, Local, &node("b", None)), vec![2]);
+    }
+
+    #[test]
+    fn local_falls_back_only_to_this_nodes_serving_terminating() {
+        let eps = [
+            ep(1, true, true, false, "a"),
+            ep(2, false, true, true, "a"),
+            ep(3, false, true, true, "b"),
+            ep(4, false, false, true, "b"),
+        ];
+        assert_eq!(pick(&eps, Local, &node("b", None)), vec![3]);
+        assert_eq!(pick(&eps, Local, &node("a", None)), vec![1]);
+        let eps = [
+            ep(1, true, true, false, "a"),
+            ep(2, false, false, true, "b"),
+        ];
+        assert!(pick(&eps, Local, &node("b", None)).is_empty());
+        let mut nameless = ep(5, true, true, false, "");
+        nameless.node_name = None;
+        assert!(pick(&[nameless], Local, &node("", None)).is_empty());
     }
 
     #[test]
     fn topology_hints_narrow_only_when_complete() {
-        let mut a = ep(1, true, true, false, "x");
-        a.hint_zones = Some(vec!["z1".into()]);
-        let mut b = ep(2, true, true, false, "y");
-        b.hint_zones = Some(vec!["z2".into()]);
-        let n = NodeInfo {
-            name: "x".into(),
-            zone: Some("z2".into()),
+        let n = node("x", Some("z2"));
+        let a = hinted(1, "x", Some(&["z1"]), None);
+        let b = hinted(2, "y", Some(&["z2"]), None);
+        assert_eq!(pick(&[a.clone(), b.clone()], Cluster, &n), vec![2]);
+        let b = Endpoint {
+            hint_zones: None,
+            ..b
         };
-        let eps = vec![a.clone(), b.clone()];
-        assert_eq!(
-            addrs(usable(&eps, |e| e, TrafficPolicy::Cluster, &n)),
-            vec![2]
-        );
-        b.hint_zones = None;
-        let eps = vec![a, b];
-        assert_eq!(
-            addrs(usable(&eps, |e| e, TrafficPolicy::Cluster, &n)),
-            vec![1, 2]
-        );
+        assert_eq!(pick(&[a, b], Cluster, &n), vec![1, 2]);
+    }
+
+    #[test]
+    fn zone_hints_need_a_zone_and_a_match() {
+        let eps = [
+            hinted(1, "x", Some(&["z1"]), None),
+            hinted(2, "y", Some(&["z2"]), None),
+        ];
+        assert_eq!(pick(&eps, Cluster, &node("x", None)), vec![1, 2]);
+        assert_eq!(pick(&eps, Cluster, &node("x", Some("z9"))), vec![1, 2]);
+        assert_eq!(pick(&eps, Cluster, &node("x", Some("z1"))), vec![1]);
+    }
+
+    #[test]
+    fn hints_of_endpoints_that_are_not_ready_do_not_count() {
+        let mut unhinted = ep(3, false, true, true, "y");
+        unhinted.hint_zones = None;
+        let eps = [
+            hinted(1, "x", Some(&["z1"]), None),
+            hinted(2, "y", Some(&["z2"]), None),
+            unhinted,
+        ];
+        assert_eq!(pick(&eps, Cluster, &node("x", Some("z1"))), vec![1]);
+    }
+
+    #[test]
+    fn node_hints_come_before_zone_hints() {
+        let eps = [
+            hinted(1, "x", Some(&["z1"]), Some(&["x"])),
+            hinted(2, "y", Some(&["z1"]), Some(&["y"])),
+        ];
+        assert_eq!(pick(&eps, Cluster, &node("x", Some("z1"))), vec![1]);
+        assert_eq!(pick(&eps, Cluster, &node("w", Some("z1"))), vec![1, 2]);
+        let partial = [
+            hinted(1, "x", Some(&["z1"]), Some(&["x"])),
+            hinted(2, "y", Some(&["z2"]), None),
+        ];
+        assert_eq!(pick(&partial, Cluster, &node("x", Some("z2"))), vec![2]);
+    }
+
+    #[test]
+    fn local_policy_ignores_hints() {
+        let eps = [
+            hinted(1, "x", Some(&["z1"]), Some(&["y"])),
+            hinted(2, "x", Some(&["z2"]), Some(&["y"])),
+        ];
+        assert_eq!(pick(&eps, Local, &node("x", Some("z1"))), vec![1, 2]);
     }
 }

@@ -83,6 +83,18 @@ pub struct Frontend {
     pub plugins: Option<Arc<super::PluginSpec>>,
 }
 
+impl From<&Frontend> for crate::metrics::FrontendLabels {
+    /// The labels of a frontend's metric series.
+    fn from(fe: &Frontend) -> Self {
+        Self {
+            service: fe.service.to_string(),
+            port: fe.port_name.clone(),
+            protocol: fe.key.protocol.as_str().to_string(),
+            node_port: fe.key.node_port,
+        }
+    }
+}
+
 impl Frontend {
     /// Endpoints for a new flow of the given family.
     pub fn backends(&self, family: Family) -> &[Backend] {

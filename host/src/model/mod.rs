@@ -3,6 +3,8 @@
 //! into [`Frontend`]s for the dataplane.
 
 pub mod endpoints;
+#[cfg(test)]
+mod fixtures;
 pub mod frontend;
 pub mod plugins;
 pub mod service;

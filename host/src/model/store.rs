@@ -264,3 +264,6 @@ impl Store {
         self.services.keys()
     }
 }
+
+#[cfg(test)]
+mod tests;

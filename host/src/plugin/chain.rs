@@ -2,13 +2,12 @@
 //! with their configs, metric handles and the Service handle plugins know it by. Built by the
 //! control plane ([`super::Directory::resolve`]), carried to workers inside the route.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
-pub use super::bindings::types;
 use super::contract::Plugin;
-use crate::admin::metrics::PluginMetrics;
-use crate::model::{Backend, FailurePolicy, Family, Frontend, Protocol, TrafficPolicy};
+use super::failure::FailureKind;
+use crate::metrics::PluginMetrics;
+use crate::model::{FailurePolicy, Family, Frontend, Protocol, TrafficPolicy};
 
 /// One plugin of a chain.
 #[derive(Debug)]
@@ -18,7 +17,7 @@ pub struct Link {
     /// The string `configure` receives.
     pub config: String,
     /// Its counters for this Service port.
-    pub metrics: PluginMetrics,
+    pub metrics: PluginMetrics<FailureKind>,
 }
 
 /// A Service port's chain, immutable once built.
@@ -26,7 +25,8 @@ pub struct Link {
 pub struct Chain {
     /// In annotation order.
     pub links: Vec<Link>,
-    /// What a failed call means for the flow.
+    /// What a failed call means for the flow (stored here, applied by the caller of
+    /// [`super::WorkerInstances`], never inside `plugin`).
     pub policy: FailurePolicy,
     /// Handle of the IPv4 side; the IPv6 side is `handle + 1`.
     pub handle: u32,
@@ -108,74 +108,17 @@ impl Chain {
         }
     }
 
+    /// Indices into `links` of the links with the admission role, in chain order.
+    pub fn admission_links(&self) -> impl Iterator<Item = usize> + '_ {
+        self.links
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.plugin.roles.admission)
+            .map(|(i, _)| i)
+    }
+
     /// "namespace/name", for logs.
     pub fn service_name(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
-    }
-
-    /// What `configure` is told about one family.
-    pub fn service(&self, family: Family) -> types::Service {
-        types::Service {
-            handle: self.handle(family),
-            namespace: self.namespace.clone(),
-            name: self.name.clone(),
-            port_name: self.port_name.clone(),
-            node_port: self.node_port,
-            protocol: protocol(self.protocol),
-            ipv6: family == Family::V6,
-            local_traffic_policy: self.local,
-        }
-    }
-}
-
-/// The WIT protocol of a model protocol.
-pub fn protocol(p: Protocol) -> types::Protocol {
-    match p {
-        Protocol::Tcp => types::Protocol::Tcp,
-        Protocol::Udp => types::Protocol::Udp,
-    }
-}
-
-/// An address in the contract's form (IPv4-mapped IPv6 halves).
-pub fn address(ip: IpAddr) -> types::Address {
-    let v6 = match ip {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
-        IpAddr::V6(v6) => v6,
-    };
-    let bits = u128::from(v6);
-    types::Address {
-        hi: (bits >> 64) as u64,
-        lo: bits as u64,
-    }
-}
-
-/// The endpoint list in the contract's form (only when endpoints change).
-pub fn backends(list: &[Backend]) -> Vec<types::Backend> {
-    list.iter()
-        .map(|b| types::Backend {
-            address: address(b.addr.ip()),
-            port: b.addr.port(),
-            node_local: b.node_local,
-            zone: b.zone.as_deref().unwrap_or("").to_string(),
-            ready: b.ready,
-            serving: b.serving,
-            terminating: b.terminating,
-            weight: 1,
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn addresses_are_v4_mapped_halves() {
-        let a = address("198.18.0.2".parse().unwrap());
-        assert_eq!(a.hi, 0);
-        assert_eq!(a.lo, 0x0000_ffff_c612_0002);
-        let b = address("2001:db8::1".parse().unwrap());
-        assert_eq!(b.hi, 0x2001_0db8_0000_0000);
-        assert_eq!(b.lo, 1);
     }
 }

@@ -18,7 +18,8 @@ use super::chain::{Chain, Link};
 use super::contract::Plugin;
 use super::instance::Instance;
 use super::runtime::Runtime;
-use crate::admin::metrics::Metrics;
+use super::wire;
+use crate::metrics::Metrics;
 use crate::model::Frontend;
 
 /// How long file events settle before plugins are re-read (a copy in progress is not loaded).
@@ -166,7 +167,7 @@ impl Directory {
         let links: Vec<Link> = plugins
             .into_iter()
             .map(|(plugin, config)| Link {
-                metrics: self.metrics.plugin(fe, &plugin.name),
+                metrics: self.metrics.plugin(&fe.into(), &plugin.name),
                 plugin,
                 config: config.to_string(),
             })
@@ -177,7 +178,7 @@ impl Directory {
             let mut probe = Instance::new(&self.runtime, &link.plugin, usize::MAX, 0)
                 .map_err(|f| format!("plugin {name}: cannot instantiate: {f}"))?;
             for family in &fe.families {
-                match probe.configure(&chain.service(*family), &link.config) {
+                match probe.configure(&wire::service(&chain, *family), &link.config) {
                     Ok(Ok(())) => {}
                     Ok(Err(msg)) => {
                         return Err(format!(

@@ -1,5 +1,6 @@
 //! How a plugin call can fail. Every kind is caught, counted per Service and plugin, logged,
-//! and resolved by the Service's failure policy; none reaches the rest of the daemon.
+//! and reported to the caller, which resolves it by the Service's failure policy; none
+//! reaches the rest of the daemon.
 
 use std::fmt;
 
@@ -57,7 +58,7 @@ impl FailureKind {
 /// A failure with what the runtime said, for the log line.
 #[derive(Clone, Debug)]
 pub struct Failure {
-    /// Kind, for metrics and policy.
+    /// Kind, for metrics and the caller's failure policy.
     pub kind: FailureKind,
     /// Detail for operators.
     pub detail: String,
@@ -76,5 +77,17 @@ impl Failure {
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.kind.as_str(), self.detail)
+    }
+}
+
+impl crate::metrics::LabelValue for FailureKind {
+    const ALL: &'static [Self] = &Self::ALL;
+
+    fn label(self) -> &'static str {
+        self.as_str()
+    }
+
+    fn index(self) -> usize {
+        self as usize
     }
 }

@@ -1,15 +1,22 @@
 //! WASM plugins: per-Service policy (admission, affinity, endpoint selection) as sandboxed
-//! WebAssembly components, run with wasmtime's component model.
+//! WebAssembly components, run with wasmtime's component model. This module runs plugins and
+//! reports what they answered or how they failed; what a failure means for a flow (the
+//! Service's failure policy) is decided by its caller, the flow policy.
 //!
 //! - [`bindings`]: types generated from `wit/plugin.wit` (the contract).
-//! - [`runtime`]: the one Engine, deadlines by epoch, memory caps, compile cache.
-//! - [`contract`]: checking a component and making its pre-instantiated template.
+//! - [`runtime`]: the one Engine, pooling allocator, epoch ticker (deadlines), limits.
+//! - [`loader`]: bytes to a [`Plugin`]: SHA-256 digest, compile cache (memory, `.cwasm`).
+//! - [`contract`]: checking a component, its pre-instantiated template, a trial instance.
+//! - [`wire`]: every conversion between model types and WIT types (flow record, endpoints).
 //! - [`directory`]: plugins by name from `--plugin-dir`, reloads, chain resolution.
 //! - [`chain`]: a Service port's resolved chain, carried in the route to workers.
+//! - [`host_state`]: what an instance's store carries (memory limiter, log budget, random).
 //! - [`instance`]: one live instance and its typed calls.
-//! - [`sandbox`]: a worker's instances, failure containment and backoff.
+//! - [`worker_instances`]: a worker's instances; each call's outcome counted and logged.
+//! - [`backoff`]: failure counting, disable, probation (a pure state machine).
 //! - [`failure`]: the ways a call can fail.
 
+pub mod backoff;
 pub mod bindings;
 pub mod chain;
 pub mod contract;
@@ -17,8 +24,10 @@ pub mod directory;
 pub mod failure;
 pub mod host_state;
 pub mod instance;
+pub mod loader;
 pub mod runtime;
-pub mod sandbox;
+pub mod wire;
+pub mod worker_instances;
 
 pub use chain::Chain;
 pub use contract::{Plugin, Roles};
@@ -26,4 +35,4 @@ pub use directory::Directory;
 pub use failure::{Failure, FailureKind};
 pub use instance::Instance;
 pub use runtime::{Runtime, RuntimeConfig};
-pub use sandbox::{Admit, WorkerPlugins};
+pub use worker_instances::WorkerInstances;

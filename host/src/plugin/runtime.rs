@@ -1,20 +1,19 @@
-//! The plugin runtime: one wasmtime Engine for the daemon, the Linker that offers the `host`
-//! imports, the epoch clock that enforces call deadlines, and loading (compile once per
-//! content digest, cached on disk precompiled, checked against the contract).
+//! The plugin runtime: one wasmtime Engine for the daemon (pooling allocator sized by the
+//! limits), the Linker that offers the `host` imports, the epoch ticker that enforces call
+//! deadlines, and the limits themselves ([`RuntimeConfig`]). Loading is [`super::loader`].
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
-use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 
 use super::bindings;
-use super::contract::{self, Plugin};
+use super::contract::Plugin;
 use super::host_state::{HostState, Limits, LogBudget};
+use super::loader::{self, CodeCache};
 
 /// Limits and places, from the CLI. The defaults are safe for a node: a plugin call may take
 /// at most 5 ms, an instance at most 64 MiB.
@@ -56,7 +55,7 @@ pub struct Runtime {
     pub(super) linker: Linker<HostState>,
     pub(super) cfg: RuntimeConfig,
     pub(super) origin: Instant,
-    compiled: Mutex<HashMap<String, Component>>,
+    pub(super) code: CodeCache,
     /// Log lines plugins wrote over their budget (all plugins).
     pub logs_dropped: Counter,
 }
@@ -108,17 +107,12 @@ impl Runtime {
                     None => return,
                 }
             })?;
-        if let Some(dir) = &cfg.cache_dir {
-            if let Err(e) = std::fs::create_dir_all(dir) {
-                tracing::warn!(dir = %dir.display(), error = %e, "plugin cache directory unusable; compiling in memory only");
-            }
-        }
         Ok(Arc::new(Self {
             engine,
             linker,
+            code: CodeCache::new(cfg.cache_dir.clone()),
             cfg,
             origin: Instant::now(),
-            compiled: Mutex::new(HashMap::new()),
             logs_dropped,
         }))
     }
@@ -156,81 +150,14 @@ impl Runtime {
         store
     }
 
-    /// Compiles a component, once per content digest: from memory, else from the on-disk
-    /// cache of precompiled code, else with Cranelift (then written to the cache).
-    fn compile(&self, bytes: &[u8]) -> Result<(Component, String), String> {
-        let digest = hex(&Sha256::digest(bytes));
-        if let Some(c) = self
-            .compiled
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&digest).cloned())
-        {
-            return Ok((c, digest));
-        }
-        let cached = self
-            .cfg
-            .cache_dir
-            .as_ref()
-            .map(|d| d.join(format!("{digest}.cwasm")));
-        let mut component = None;
-        if let Some(path) = cached.as_ref().filter(|p| p.exists()) {
-            // Read into memory rather than mapped: a cache file truncated under a mapping
-            // would fault the daemon (SIGBUS) the next time that code is touched.
-            let loaded = std::fs::read(path)
-                .map_err(wasmtime::Error::from)
-                // SAFETY: the bytes come from `serialize` below, written into the operator's
-                // cache directory; wasmtime checks that they were made by this engine version
-                // and config and refuses them otherwise (then we recompile and replace them).
-                .and_then(|code| unsafe { Component::deserialize(&self.engine, code) });
-            match loaded {
-                Ok(c) => component = Some(c),
-                Err(e) => {
-                    tracing::info!(path = %path.display(), error = %e, "cached plugin code not usable; recompiling")
-                }
-            }
-        }
-        let component = match component {
-            Some(c) => c,
-            None => {
-                let c = Component::new(&self.engine, bytes)
-                    .map_err(|e| format!("not a valid WebAssembly component: {e:#}"))?;
-                if let Some(path) = &cached {
-                    if let Ok(code) = c.serialize() {
-                        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-                        if std::fs::write(&tmp, code).is_ok() {
-                            let _ = std::fs::rename(&tmp, path);
-                        }
-                    }
-                }
-                c
-            }
-        };
-        if let Ok(mut m) = self.compiled.lock() {
-            m.insert(digest.clone(), component.clone());
-        }
-        Ok((component, digest))
-    }
-
     /// Loads a plugin: compile (cached), then check it against the contract. Err says exactly
     /// what does not match.
     pub fn load(self: &Arc<Self>, name: &str, bytes: &[u8]) -> Result<Arc<Plugin>, String> {
-        let (component, digest) = self.compile(bytes)?;
-        contract::check(self, name, component, digest).map(Arc::new)
+        loader::load(self, name, bytes)
     }
 
     /// Forgets compiled code no plugin uses any more (the disk cache stays).
     pub fn retain_compiled(&self, digests: &[&str]) {
-        if let Ok(mut m) = self.compiled.lock() {
-            m.retain(|d, _| digests.contains(&d.as_str()));
-        }
+        self.code.retain(digests);
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(64), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }

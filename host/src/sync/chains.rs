@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::admin::metrics::Metrics;
+use crate::metrics::Metrics;
 use crate::model::{Frontend, FrontendKey, ServiceKey};
 use crate::plugin::{Chain, Directory};
 
@@ -106,7 +106,8 @@ impl Chains {
     pub fn switched(&self, fe: &Frontend, old: Option<&Arc<Chain>>, new: Option<&Arc<Chain>>) {
         for link in old.into_iter().flat_map(|c| &c.links) {
             if !new.is_some_and(|n| n.links.iter().any(|l| l.plugin.name == link.plugin.name)) {
-                self.metrics.forget_plugin(fe, &link.plugin.name);
+                (self.metrics)
+                    .forget_plugin::<crate::plugin::FailureKind>(&fe.into(), &link.plugin.name);
             }
         }
     }

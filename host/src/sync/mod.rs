@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::admin::health::HealthHandle;
-use crate::admin::metrics::{Metrics, ServiceLabels};
+use crate::metrics::{Metrics, ServiceLabels};
 use crate::dataplane::Dataplane;
 use crate::model::store::Store;
 use crate::model::{Frontend, ServiceKey};

@@ -1,14 +1,11 @@
-//! Backend selection for new flows: the native default (kube-proxy's uniform random, plus
-//! ClientIP affinity). One algorithm per module; WASM plugins plug in at the same seam.
-
-pub mod affinity;
-pub mod random;
+//! A new flow as policies see it: fixed-size data only (ids, addresses, a hash), the same
+//! on every worker, so hashing decisions agree wherever the flow is carried.
 
 use std::net::SocketAddr;
 
-use crate::model::{Backend, FrontendKey};
+use crate::model::{Family, FrontendKey};
 
-/// What a selector may know about a new flow: fixed-size data only.
+/// What a policy may know about a new flow: fixed-size data only.
 #[derive(Copy, Clone, Debug)]
 pub struct FlowInfo {
     /// Unique per daemon run (worker index in the top byte).
@@ -24,6 +21,8 @@ pub struct FlowInfo {
     pub hash: u64,
     /// Key and lifetime of the affinity entry a plugin asked for.
     pub affinity: Option<(u64, std::time::Duration)>,
+    /// Address family of the nodePort socket (endpoints are of the same family).
+    pub family: Family,
 }
 
 impl FlowInfo {
@@ -47,6 +46,7 @@ impl FlowInfo {
             node,
             hash: mix(h.finish()),
             affinity: None,
+            family: Family::of(&node.ip()),
         }
     }
 
@@ -63,16 +63,4 @@ pub fn mix(mut x: u64) -> u64 {
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     x ^ (x >> 31)
-}
-
-/// Picks an endpoint for a new flow among `backends`, never one in `exclude` (endpoints that
-/// already failed to connect for this flow). None when nothing is left.
-pub trait Selector {
-    /// Index into `backends`.
-    fn select(
-        &mut self,
-        flow: &FlowInfo,
-        backends: &[Backend],
-        exclude: &[SocketAddr],
-    ) -> Option<usize>;
 }

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use super::{FlowInfo, Selector};
+use super::FlowInfo;
 use crate::model::Backend;
 
 /// Uniform random choice with a per-worker generator (no shared state).
@@ -19,8 +19,10 @@ impl Random {
     }
 }
 
-impl Selector for Random {
-    fn select(
+impl Random {
+    /// An index into `backends`, never one whose address is in `exclude`; None when nothing
+    /// is left. The flow is not consulted: every endpoint is equally likely.
+    pub fn select(
         &mut self,
         _flow: &FlowInfo,
         backends: &[Backend],
