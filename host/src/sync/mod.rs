@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::admin::health::HealthHandle;
-use crate::metrics::{Metrics, ServiceLabels};
 use crate::dataplane::Dataplane;
+use crate::metrics::{Metrics, ServiceLabels};
 use crate::model::store::Store;
 use crate::model::{Frontend, ServiceKey};
 use crate::plugin::{Chain, Directory};
