@@ -264,8 +264,11 @@ impl Worker {
     }
 
     fn register_tcp(&mut self, id: FlowId, generation: u32) -> io::Result<()> {
-        let registry = self.poll.registry().try_clone()?;
-        let Some((_, FlowIo::Tcp(t))) = self.table.get_mut(id, generation) else {
+        // Borrowed apart from the table: cloning the registry would dup the epoll descriptor
+        // (a system call) for every new flow.
+        let Worker { poll, table, .. } = self;
+        let registry = poll.registry();
+        let Some((_, FlowIo::Tcp(t))) = table.get_mut(id, generation) else {
             return Ok(());
         };
         let both = Interest::READABLE | Interest::WRITABLE;
@@ -374,18 +377,16 @@ impl Worker {
             self.abort(id, Ending::ConnectFailed);
             return;
         };
-        let registry = self.registry().try_clone();
-        let Some((entry, FlowIo::Tcp(t))) = self.table.get_mut(id, generation) else {
+        let Worker { poll, table, .. } = self;
+        let Some((entry, FlowIo::Tcp(t))) = table.get_mut(id, generation) else {
             return;
         };
         entry.endpoint = addr;
-        let ok = registry.and_then(|r| {
-            r.register(
-                &mut stream,
-                flow_token(id, generation, true),
-                Interest::READABLE | Interest::WRITABLE,
-            )
-        });
+        let ok = poll.registry().register(
+            &mut stream,
+            flow_token(id, generation, true),
+            Interest::READABLE | Interest::WRITABLE,
+        );
         t.upstream = stream; // the failed socket closes here
         t.phase = Phase::Connecting { tried: tried_now };
         if ok.is_err() {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, TryRecvError};
-use mio::{Events, Interest, Poll, Registry, Token};
+use mio::{Events, Interest, Poll, Token};
 use rustc_hash::FxHashMap;
 use slab::Slab;
 
@@ -486,10 +486,6 @@ impl Worker {
             endpoint.ip().is_loopback() || self.cfg.node_ips.contains(&endpoint.ip());
         (on && route.frontend.policy == crate::model::TrafficPolicy::Local && !host_network)
             .then_some(client.ip())
-    }
-
-    pub(super) fn registry(&self) -> &Registry {
-        self.poll.registry()
     }
 
     fn dump(&self) -> Vec<Row> {
