@@ -93,6 +93,14 @@ fn contained(plugin: &str, kind: &str, extra: &[&str]) -> Setup {
         disabled >= 1.0,
         "a plugin failing on every call is disabled: {disabled}"
     );
+    let disables = s.d.metric_with(
+        "nodeportd_plugin_disables_total",
+        &["service=\"e2e/open\"", "cause=\"streak\""],
+    );
+    assert!(
+        disables >= 1.0,
+        "the disable is counted with its cause: {disables}"
+    );
     let log = s.d.log();
     assert!(
         log.contains("e2e/open") && log.contains(&format!("plugin=\"{name}\""))

@@ -149,9 +149,10 @@ impl Metrics {
         PluginMetrics::new(&self.plugin, fe, plugin)
     }
 
-    /// Removes the series of a (Service port, plugin) pair that no longer exists.
-    pub fn forget_plugin<K: LabelValue>(&self, fe: &FrontendLabels, plugin: &str) {
-        PluginMetrics::<K>::forget(&self.plugin, fe, plugin);
+    /// Removes the series of a (Service port, plugin) pair that no longer exists (`K`: the
+    /// failure kinds, `C`: the disable causes).
+    pub fn forget_plugin<K: LabelValue, C: LabelValue>(&self, fe: &FrontendLabels, plugin: &str) {
+        PluginMetrics::<K>::forget::<C>(&self.plugin, fe, plugin);
     }
 
     /// Handles for a frontend (the same atomics every time it is rebuilt).
@@ -242,13 +243,16 @@ mod tests {
         assert!(!m.encode().contains("maglev"), "no series before first use");
         p.fail(Why::A);
         p.call(Role::Selection);
+        p.disable(Why::B);
         assert_eq!(p.failures(Why::A), 1);
         let text = m.encode();
         assert!(
             text.contains(r#"kind="a""#) && text.contains(r#"role="selection""#),
             "{text}"
         );
-        m.forget_plugin::<Why>(&labels(), "maglev");
+        let disables = r#"nodeportd_plugin_disables_total{service="ns/web",port="http",protocol="tcp",node_port="30080",plugin="maglev",cause="b"} 1"#;
+        assert!(text.contains(disables), "{text}");
+        m.forget_plugin::<Why, Why>(&labels(), "maglev");
         assert!(!m.encode().contains("maglev"));
     }
 }

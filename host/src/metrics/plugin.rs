@@ -29,6 +29,7 @@ macro_rules! plugin_labels {
 plugin_labels!(PluginRoleLabels, role);
 plugin_labels!(PluginReasonLabels, reason);
 plugin_labels!(PluginKindLabels, kind);
+plugin_labels!(PluginCauseLabels, cause);
 
 /// The label set of a [`PluginBase`] with a last label.
 macro_rules! plugin_label {
@@ -73,6 +74,7 @@ pub(super) struct PluginFamilies {
     latency: Family<PluginRoleLabels, LatencyHistogram>,
     denials: Family<PluginReasonLabels, Counter>,
     failures: Family<PluginKindLabels, Counter>,
+    disables: Family<PluginCauseLabels, Counter>,
 }
 
 impl PluginFamilies {
@@ -98,6 +100,11 @@ impl PluginFamilies {
             "plugin_failures",
             "Plugin calls that failed, by kind; the Service's failure policy decided the flow",
             f.failures.clone(),
+        );
+        registry.register(
+            "plugin_disables",
+            "Times a plugin was disabled on a worker after failing, by cause (streak, rate, probation)",
+            f.disables.clone(),
         );
         f
     }
@@ -173,8 +180,8 @@ impl<K: LabelValue> PluginMetrics<K> {
         )
     }
 
-    /// Removes every series of `plugin` on `fe` from `f`.
-    pub(super) fn forget(f: &PluginFamilies, fe: &FrontendLabels, plugin: &str) {
+    /// Removes every series of `plugin` on `fe` from `f` (`C`: the disable causes).
+    pub(super) fn forget<C: LabelValue>(f: &PluginFamilies, fe: &FrontendLabels, plugin: &str) {
         let base = PluginBase::new(fe, plugin);
         for r in Role::ALL {
             f.calls
@@ -189,6 +196,10 @@ impl<K: LabelValue> PluginMetrics<K> {
         for k in K::ALL {
             f.failures
                 .remove(&plugin_label!(base, PluginKindLabels, kind, k.label()));
+        }
+        for c in C::ALL {
+            f.disables
+                .remove(&plugin_label!(base, PluginCauseLabels, cause, c.label()));
         }
     }
 
@@ -247,6 +258,14 @@ impl<K: LabelValue> PluginMetrics<K> {
             })
             .inc();
         }
+    }
+
+    /// Counts a disable and why. Rare (at most once per backoff period per worker), so the
+    /// series is looked up in its family each time.
+    pub fn disable<C: LabelValue>(&self, cause: C) {
+        let s = &self.0;
+        let labels = plugin_label!(s.base, PluginCauseLabels, cause, cause.label());
+        handle(&s.families.disables, &labels).inc();
     }
 
     /// Failures of one kind so far.

@@ -49,6 +49,18 @@ pub enum Cause {
     Probation,
 }
 
+impl crate::metrics::LabelValue for Cause {
+    const ALL: &'static [Self] = &[Self::Streak, Self::Rate, Self::Probation];
+
+    fn label(self) -> &'static str {
+        self.as_str()
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
 impl Cause {
     /// Label for log lines (and for a metric, should disables be counted by cause).
     pub fn as_str(self) -> &'static str {

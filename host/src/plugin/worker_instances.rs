@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
 
-use super::backoff::{Backoff, Outcome, Permit};
+use super::backoff::{Backoff, Cause, Outcome, Permit};
 use super::bindings::types;
 use super::chain::Chain;
 use super::contract::Plugin;
@@ -258,7 +258,9 @@ impl WorkerInstances {
             Err(failure) => {
                 let kind = failure.kind;
                 link.metrics.fail(kind);
-                failed(slot, self.worker, chain, failure, now);
+                if let Some(cause) = failed(slot, self.worker, chain, failure, now) {
+                    link.metrics.disable(cause);
+                }
                 Err(kind)
             }
         }
@@ -343,7 +345,13 @@ fn prepare<'a>(
 
 /// Books a failure: a trapped instance is dropped, the backoff decides whether the plugin is
 /// disabled, and the failure is logged (a disable always, others once a second per slot).
-fn failed(slot: &mut Slot, worker: usize, chain: &Chain, failure: Failure, now: Instant) {
+fn failed(
+    slot: &mut Slot,
+    worker: usize,
+    chain: &Chain,
+    failure: Failure,
+    now: Instant,
+) -> Option<Cause> {
     if failure.kind.poisons() || failure.kind == FailureKind::Instantiate {
         slot.live = None;
     }
@@ -351,12 +359,11 @@ fn failed(slot: &mut Slot, worker: usize, chain: &Chain, failure: Failure, now: 
     let service = chain.service_name();
     match slot.backoff.record_failure(now) {
         Outcome::Disabled(backoff, cause) => {
-            // Not counted yet: wanted `PluginMetrics::disable(cause)` for
-            // nodeportd_plugin_disables_total{cause} (metrics live outside `plugin`).
             tracing::error!(%service, plugin, worker, failure = %failure, ?backoff, cause = cause.as_str(),
                 "plugin keeps failing; disabled on this worker, the Service's failure policy decides meanwhile");
             slot.live = None;
             slot.logged = Some(now);
+            return Some(cause);
         }
         Outcome::Counted if slot.logged.is_none_or(|t| now >= t + LOG_EVERY) => {
             tracing::warn!(%service, plugin, worker, failure = %failure, suppressed = slot.suppressed,
@@ -366,6 +373,7 @@ fn failed(slot: &mut Slot, worker: usize, chain: &Chain, failure: Failure, now: 
         }
         Outcome::Counted => slot.suppressed += 1,
     }
+    None
 }
 
 #[cfg(test)]

@@ -107,7 +107,10 @@ impl Chains {
         for link in old.into_iter().flat_map(|c| &c.links) {
             if !new.is_some_and(|n| n.links.iter().any(|l| l.plugin.name == link.plugin.name)) {
                 (self.metrics)
-                    .forget_plugin::<crate::plugin::FailureKind>(&fe.into(), &link.plugin.name);
+                    .forget_plugin::<crate::plugin::FailureKind, crate::plugin::backoff::Cause>(
+                        &fe.into(),
+                        &link.plugin.name,
+                    );
             }
         }
     }
