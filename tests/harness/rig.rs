@@ -8,7 +8,7 @@ use nodeportd::model::{
     Backend, FailurePolicy, Family, Frontend, FrontendKey, PluginRef, PluginSpec, Protocol,
     ServiceKey, TrafficPolicy,
 };
-use nodeportd::plugin::wire::{address, protocol, types};
+use nodeportd::plugin::wire::types;
 use nodeportd::plugin::Chain;
 use nodeportd::policy::FlowInfo;
 
@@ -69,14 +69,5 @@ pub fn flow(i: u64) -> FlowInfo {
 
 /// The flow record plugins of `chain` see for `f`.
 pub fn record(chain: &Chain, f: &FlowInfo) -> types::Flow {
-    types::Flow {
-        id: f.id,
-        handle: chain.handle(Family::V4),
-        protocol: protocol(f.frontend.protocol),
-        client: address(f.client.ip()),
-        client_port: f.client.port(),
-        node: address(f.node.ip()),
-        node_port: f.node.port(),
-        hash: f.hash,
-    }
+    nodeportd::policy::plugins::record(chain, f)
 }

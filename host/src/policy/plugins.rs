@@ -97,6 +97,13 @@ impl PluginCalls for WorkerInstances {
 /// Lifetime of a plugin's affinity entry when neither it nor the Service says.
 const DEFAULT_AFFINITY: Duration = Duration::from_secs(10800);
 
+/// The flow as the plugins of `chain` see it (built once per call, fixed-size data only).
+pub fn record(chain: &Chain, flow: &FlowInfo) -> types::Flow {
+    let handle = chain.handle(flow.family);
+    let protocol = flow.frontend.protocol;
+    wire::flow(handle, protocol, flow.client, flow.node, flow.id, flow.hash)
+}
+
 /// A resolved chain run as a policy.
 #[derive(Debug)]
 pub struct PluginPolicy {
@@ -131,13 +138,6 @@ impl PluginPolicy {
         }
     }
 
-    /// The flow as the plugins of this chain see it.
-    fn record(&self, flow: &FlowInfo) -> types::Flow {
-        let handle = self.chain.handle(flow.family);
-        let protocol = flow.frontend.protocol;
-        wire::flow(handle, protocol, flow.client, flow.node, flow.id, flow.hash)
-    }
-
     /// The affinity key a flow sticks by: the plugin's, else ClientIP's.
     fn key(&self, flow: &FlowInfo) -> Option<(AffinityKey, Duration)> {
         match flow.affinity {
@@ -149,7 +149,7 @@ impl PluginPolicy {
 
 impl FlowPolicy for PluginPolicy {
     fn admit(&self, st: &mut PolicyState, flow: FlowInfo) -> Result<FlowInfo, Refused> {
-        let record = self.record(&flow);
+        let record = record(&self.chain, &flow);
         for &i in &self.admission {
             match st
                 .plugins
@@ -194,7 +194,7 @@ impl FlowPolicy for PluginPolicy {
             if self.chain.selection.is_none() {
                 return Ok(Native::choose(st, flow, backends, tried));
             }
-            let record = self.record(flow);
+            let record = record(&self.chain, flow);
             let now = st.now;
             let picked = st
                 .plugins
