@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use nodeportd::dataplane::conntrack::{Counters, Entry, State, Table, Tuple};
+use nodeportd::dataplane::conntrack::{Entry, State, Table, Tuple};
 use nodeportd::model::{FrontendKey, Protocol};
 
 const FLOWS: u32 = 100_000;
@@ -15,30 +15,24 @@ fn entry(i: u32, now: Instant) -> Entry {
         [198, 18, (i >> 16) as u8, (i >> 8) as u8],
         (i & 0xff) as u16 + 1024,
     ));
-    Entry {
-        tuple: Tuple {
-            protocol: Protocol::Udp,
-            client,
-            node: SocketAddr::from(([198, 18, 255, 1], 30053)),
-        },
-        frontend: FrontendKey {
-            protocol: Protocol::Udp,
-            node_port: 30053,
-        },
-        endpoint: SocketAddr::from(([198, 19, 0, (i % 100) as u8], 53)),
-        state: State::Unreplied,
-        started: now,
-        last_seen: now,
-        timeout: Duration::from_secs(30),
-        orig: Counters::default(),
-        reply: Counters::default(),
-    }
+    let tuple = Tuple {
+        protocol: Protocol::Udp,
+        client,
+        node: SocketAddr::from(([198, 18, 255, 1], 30053)),
+    };
+    let frontend = FrontendKey {
+        protocol: Protocol::Udp,
+        node_port: 30053,
+    };
+    let endpoint = SocketAddr::from(([198, 19, 0, (i % 100) as u8], 53));
+    let timeout = Duration::from_secs(30);
+    Entry::new(tuple, frontend, endpoint, State::Unreplied, now, timeout)
 }
 
 fn full(now: Instant) -> Table<()> {
     let mut t = Table::new(FLOWS as usize + 1);
     for i in 0..FLOWS {
-        t.insert(entry(i, now), (), true).expect("capacity");
+        t.insert(entry(i, now), (), true);
     }
     t
 }

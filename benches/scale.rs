@@ -148,20 +148,10 @@ fn main() {
     let rss_start = status("VmRSS:");
     let fds_start = fds();
     let cidr: ipnet::IpNet = "127.0.0.1/32".parse().expect("cidr");
+    let bind = BindAddresses::resolve(&[cidr]).expect("addresses");
     let cfg = DataplaneConfig {
         workers,
-        connect_timeout: Duration::from_secs(2),
-        connect_attempts: 3,
-        udp_timeout: Duration::from_secs(30),
-        udp_stream_timeout: Duration::from_secs(120),
-        tcp_idle_timeout: Duration::from_secs(86400),
-        max_flows_per_worker: 262_144,
-        splice: true,
-        bind: BindAddresses::resolve(&[cidr]).expect("addresses"),
-        preserve_source_v4: false,
-        preserve_source_v6: false,
-        node_ips: Vec::new(),
-        plugins: None,
+        ..DataplaneConfig::new(bind)
     };
     let metrics = Arc::new(Metrics::new());
     let dataplane = Dataplane::start(cfg, metrics.clone()).expect("dataplane");

@@ -75,6 +75,30 @@ pub struct Entry {
     pub reply: Counters,
 }
 
+impl Entry {
+    /// A flow that starts now with no traffic counted yet.
+    pub fn new(
+        tuple: Tuple,
+        frontend: FrontendKey,
+        endpoint: SocketAddr,
+        state: State,
+        now: Instant,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            tuple,
+            frontend,
+            endpoint,
+            state,
+            started: now,
+            last_seen: now,
+            timeout,
+            orig: Counters::default(),
+            reply: Counters::default(),
+        }
+    }
+}
+
 /// One flow as the admin server and `nodeportd conntrack` show it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Row {
@@ -168,24 +192,23 @@ struct Slot<T> {
     generation: u32,
 }
 
-/// A worker's shard. `T` is what the worker keeps beside each entry (its sockets).
+/// A worker's shard for one protocol. `T` is what the worker keeps beside each entry (its
+/// sockets). How many flows a worker may track is the worker's budget, not the table's.
 pub struct Table<T> {
     slots: Slab<Slot<T>>,
     by_tuple: FxHashMap<Tuple, FlowId>,
     expiry: BinaryHeap<Reverse<(Instant, FlowId, u32)>>,
     next_generation: u32,
-    capacity: usize,
 }
 
 impl<T> Table<T> {
-    /// A table that holds at most `capacity` flows.
-    pub fn new(capacity: usize) -> Self {
+    /// A table with room for `expected` flows before it grows (address space only until used).
+    pub fn new(expected: usize) -> Self {
         Self {
-            slots: Slab::with_capacity(capacity.min(1 << 16)),
+            slots: Slab::with_capacity(expected.min(1 << 16)),
             by_tuple: FxHashMap::default(),
             expiry: BinaryHeap::new(),
             next_generation: 0,
-            capacity,
         }
     }
 
@@ -199,11 +222,8 @@ impl<T> Table<T> {
         self.slots.is_empty()
     }
 
-    /// Adds a flow; `indexed` flows can be found by tuple (UDP). None when the table is full.
-    pub fn insert(&mut self, entry: Entry, io: T, indexed: bool) -> Option<(FlowId, u32)> {
-        if self.slots.len() >= self.capacity {
-            return None;
-        }
+    /// Adds a flow; `indexed` flows can be found by tuple (UDP). Returns its id and generation.
+    pub fn insert(&mut self, entry: Entry, io: T, indexed: bool) -> (FlowId, u32) {
         self.next_generation = self.next_generation.wrapping_add(1);
         let generation = self.next_generation;
         let deadline = (!entry.timeout.is_zero()).then(|| entry.last_seen + entry.timeout);
@@ -219,7 +239,15 @@ impl<T> Table<T> {
         if let Some(d) = deadline {
             self.expiry.push(Reverse((d, id, generation)));
         }
-        Some((id, generation))
+        (id, generation)
+    }
+
+    /// The full generation of flow `id` if its low 16 bits are `low` (what a token carries).
+    pub fn live(&self, id: FlowId, low: u16) -> Option<u32> {
+        self.slots
+            .get(id)
+            .map(|s| s.generation)
+            .filter(|g| *g as u16 == low)
     }
 
     /// The flow with this tuple, if indexed.
@@ -304,24 +332,17 @@ mod tests {
     use super::*;
 
     fn entry(port: u16, now: Instant, timeout: Duration) -> Entry {
-        Entry {
-            tuple: Tuple {
-                protocol: Protocol::Udp,
-                client: SocketAddr::from(([198, 18, 0, 2], port)),
-                node: SocketAddr::from(([198, 18, 0, 1], 30000)),
-            },
-            frontend: FrontendKey {
-                protocol: Protocol::Udp,
-                node_port: 30000,
-            },
-            endpoint: SocketAddr::from(([198, 18, 1, 2], 53)),
-            state: State::Unreplied,
-            started: now,
-            last_seen: now,
-            timeout,
-            orig: Counters::default(),
-            reply: Counters::default(),
-        }
+        let tuple = Tuple {
+            protocol: Protocol::Udp,
+            client: SocketAddr::from(([198, 18, 0, 2], port)),
+            node: SocketAddr::from(([198, 18, 0, 1], 30000)),
+        };
+        let frontend = FrontendKey {
+            protocol: Protocol::Udp,
+            node_port: 30000,
+        };
+        let endpoint = SocketAddr::from(([198, 18, 1, 2], 53));
+        Entry::new(tuple, frontend, endpoint, State::Unreplied, now, timeout)
     }
 
     #[test]
@@ -330,36 +351,25 @@ mod tests {
         let mut t: Table<()> = Table::new(4);
         let e = entry(1000, now, Duration::from_secs(30));
         let tuple = e.tuple;
-        let (id, generation) = t.insert(e, (), true).unwrap();
+        let (id, generation) = t.insert(e, (), true);
         assert_eq!(t.lookup(&tuple), Some(id));
         assert!(
             t.get_mut(id, generation.wrapping_add(1)).is_none(),
             "stale generation is refused"
         );
+        assert_eq!(t.live(id, generation as u16), Some(generation));
+        assert_eq!(t.live(id, generation.wrapping_add(1) as u16), None);
         t.remove(id);
         assert_eq!(t.lookup(&tuple), None);
         assert!(t.is_empty());
     }
 
     #[test]
-    fn full_table_refuses() {
-        let now = Instant::now();
-        let mut t: Table<()> = Table::new(2);
-        assert!(t.insert(entry(1, now, Duration::ZERO), (), true).is_some());
-        assert!(t.insert(entry(2, now, Duration::ZERO), (), true).is_some());
-        assert!(t.insert(entry(3, now, Duration::ZERO), (), true).is_none());
-    }
-
-    #[test]
     fn expiry_follows_last_seen() {
         let now = Instant::now();
         let mut t: Table<()> = Table::new(8);
-        let (a, ga) = t
-            .insert(entry(1, now, Duration::from_secs(30)), (), true)
-            .unwrap();
-        let (b, _) = t
-            .insert(entry(2, now, Duration::from_secs(30)), (), true)
-            .unwrap();
+        let (a, ga) = t.insert(entry(1, now, Duration::from_secs(30)), (), true);
+        let (b, _) = t.insert(entry(2, now, Duration::from_secs(30)), (), true);
         assert_eq!(t.pop_expired(now + Duration::from_secs(29)), None);
         // a is seen again at +20 s: it must outlive b.
         t.get_mut(a, ga).unwrap().0.last_seen = now + Duration::from_secs(20);

@@ -10,12 +10,10 @@ use crossbeam_channel::{Receiver, Sender};
 use mio::{Poll, Waker};
 
 use super::conntrack::Row;
-use super::Route;
+use super::route::Route;
+use super::token::WAKER;
 use crate::model::FrontendKey;
 use crate::policy::FlowInfo;
-
-/// Token of the waker that control and hand-off messages ring.
-pub(super) const WAKER: mio::Token = mio::Token(1 << 62);
 
 /// A nodePort socket handed to a worker.
 pub enum ListenerSocket {

@@ -3,17 +3,21 @@
 //! workers own flows. Routes reach workers as immutable `Arc<Route>` swaps, per frontend.
 
 pub mod batch;
+pub mod config;
 pub mod conntrack;
+mod context;
 pub mod control;
 pub mod listener;
+mod nodeports;
 pub mod pktinfo;
 pub mod refusal;
 pub mod relay;
 pub mod route;
 mod tcp;
+mod token;
 pub mod transparent;
 mod udp;
-pub mod worker;
+mod worker;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,44 +27,13 @@ use std::time::{Duration, Instant};
 
 use crate::metrics::Metrics;
 use crate::model::{Frontend, FrontendKey, Protocol};
+pub use config::DataplaneConfig;
 use conntrack::Row;
 use control::{ask_all, Control, ListenerSocket, Peer};
 use listener::BindAddresses;
 pub use refusal::Refusal;
 pub use route::Route;
 use worker::Worker;
-
-/// Dataplane settings (from the CLI).
-#[derive(Clone, Debug)]
-pub struct DataplaneConfig {
-    /// Worker threads.
-    pub workers: usize,
-    /// Time allowed for one connect to an endpoint.
-    pub connect_timeout: Duration,
-    /// Endpoints tried per TCP flow before the client is reset.
-    pub connect_attempts: usize,
-    /// UDP idle timeout before the endpoint has answered.
-    pub udp_timeout: Duration,
-    /// UDP idle timeout once the endpoint has answered.
-    pub udp_stream_timeout: Duration,
-    /// TCP idle timeout (zero: none).
-    pub tcp_idle_timeout: Duration,
-    /// Conntrack shard size per worker.
-    pub max_flows_per_worker: usize,
-    /// Relay with splice(2) (else copy through userspace).
-    pub splice: bool,
-    /// Node addresses to bind.
-    pub bind: BindAddresses,
-    /// Local-policy IPv4 flows reach endpoints from the client's address (see `transparent`).
-    pub preserve_source_v4: bool,
-    /// The same for IPv6.
-    pub preserve_source_v6: bool,
-    /// This node's own addresses: endpoints there (host-network pods) keep the node address,
-    /// since their replies would never pass prerouting.
-    pub node_ips: Vec<std::net::IpAddr>,
-    /// The plugin runtime workers instantiate from (None: plugins are off).
-    pub plugins: Option<Arc<crate::plugin::Runtime>>,
-}
 
 enum SocketState {
     /// Handed to worker `owner` under control id `id`.
@@ -122,7 +95,7 @@ impl Dataplane {
         let peers: Arc<[Peer]> = peers.into();
         let mut threads = Vec::new();
         for (i, p) in parts.into_iter().enumerate() {
-            let w = Worker::new(i, cfg.clone(), p, peers.clone());
+            let w = Worker::new(i, cfg.clone(), p, peers.clone())?;
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("nodeportd-worker-{i}"))

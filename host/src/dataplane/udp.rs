@@ -1,46 +1,152 @@
-//! UDP flows: one per client address and nodePort, each with its own connected socket to the
-//! endpoint. Datagrams from the client go out on that socket; replies come back on it and
-//! leave from the nodePort socket with the address the client used. Idle flows expire (30 s
-//! until the endpoint answers, the longer stream timeout after).
+//! A worker's UDP side: its UDP nodePort sockets and UDP conntrack shard. A flow is one client
+//! address and nodePort, each with its own connected socket to the endpoint. Datagrams from
+//! the client go out on that socket; replies come back on it and leave from the nodePort
+//! socket with the address the client used. Idle flows expire (30 s until the endpoint
+//! answers, the longer stream timeout after).
+//!
+//! The worker lends it a `Ctx` (routes, policy, clock, registry); nothing here reaches back
+//! into the worker.
 
 use std::io;
 use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::time::Instant;
 
 use mio::Interest;
 
-use super::batch::BATCH;
-use super::conntrack::{Counters, Entry, FlowId, State, Tuple};
+use super::batch::{Batch, BATCH};
+use super::config::DataplaneConfig;
+use super::conntrack::{Entry, FlowId, Row, State, Table, Tuple};
+use super::context::Ctx;
 use super::listener::udp_upstream;
+use super::nodeports::NodePorts;
 use super::refusal::Refusal;
-use super::worker::{flow_token, FlowIo, Sock, Worker};
-use super::Route;
-use crate::model::Protocol;
+use super::route::Route;
+use super::token::{self, FlowRef};
+use crate::model::{FrontendKey, Protocol};
 use crate::policy::{Ending, FlowInfo};
 
 /// A UDP flow's upstream socket and the nodePort socket it answers through.
-pub struct UdpFlow {
+struct UdpFlow {
     upstream: mio::net::UdpSocket,
-    /// Index of the nodePort socket (in this worker) replies leave from.
-    pub(super) listener: usize,
+    /// Index of the nodePort socket (among this worker's) replies leave from.
+    listener: usize,
     /// Route the flow started on (metrics).
-    pub(super) route: Arc<Route>,
+    route: Arc<Route>,
     /// The flow as its policy saw it.
-    pub(super) flow: FlowInfo,
+    flow: FlowInfo,
 }
 
-impl Worker {
-    /// Reads every queued datagram of a nodePort socket, in batches, and forwards each run of
-    /// consecutive datagrams of one flow with a single sendmmsg.
-    pub(super) fn udp_receive(&mut self, idx: usize) {
+/// A worker's UDP listeners and flows.
+pub(super) struct Udp {
+    listeners: NodePorts<mio::net::UdpSocket>,
+    table: Table<UdpFlow>,
+    batch: Box<Batch>,
+}
+
+impl Udp {
+    /// Nothing served yet.
+    pub(super) fn new(cfg: &DataplaneConfig) -> Self {
+        Self {
+            listeners: NodePorts::new(Protocol::Udp),
+            table: Table::new(cfg.max_flows_per_worker),
+            batch: Box::new(Batch::new()),
+        }
+    }
+
+    /// Flows tracked.
+    pub(super) fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Starts serving a nodePort socket; datagrams already queued are served now.
+    pub(super) fn add_listener(
+        &mut self,
+        ctx: &mut Ctx,
+        id: u64,
+        key: FrontendKey,
+        u: std::net::UdpSocket,
+    ) {
+        let local = u.local_addr();
+        let u = mio::net::UdpSocket::from_std(u);
+        if let Some(idx) = (self.listeners).add(&ctx.registry, ctx.index, id, key, u, local) {
+            self.receive(ctx, idx);
+        }
+    }
+
+    /// Closes the socket with control id `id`, and the flows that answer through it (they
+    /// are dead without it); false when it is not one of these.
+    pub(super) fn remove_listener(&mut self, ctx: &mut Ctx, id: u64) -> bool {
+        let Some(idx) = self.listeners.index_of(id) else {
+            return false;
+        };
+        self.close_listener(ctx, idx);
+        true
+    }
+
+    /// Closes every socket and the flows (shutdown).
+    pub(super) fn close_listeners(&mut self, ctx: &mut Ctx) {
+        for idx in self.listeners.indices() {
+            self.close_listener(ctx, idx);
+        }
+    }
+
+    fn close_listener(&mut self, ctx: &mut Ctx, idx: usize) {
+        self.listeners.remove(&ctx.registry, idx);
+        self.close_where(ctx, |_, u| u.listener == idx);
+    }
+
+    /// Removes flows of `key` whose endpoint no longer serves (all of them when the frontend
+    /// is gone), as kube-proxy clears stale UDP conntrack entries.
+    pub(super) fn clear_flows(&mut self, ctx: &mut Ctx, key: FrontendKey, route: Option<&Route>) {
+        self.close_where(ctx, |e, _| {
+            e.frontend == key && !route.is_some_and(|r| r.frontend.is_serving(&e.endpoint))
+        });
+    }
+
+    fn close_where(&mut self, ctx: &mut Ctx, doomed: impl Fn(&Entry, &UdpFlow) -> bool) {
+        let ids: Vec<FlowId> = (self.table.iter())
+            .filter(|(_, e, u)| doomed(e, u))
+            .map(|(id, _, _)| id)
+            .collect();
+        for id in ids {
+            self.close_flow(ctx, id, Ending::Closed);
+        }
+    }
+
+    fn close_flow(&mut self, ctx: &mut Ctx, id: FlowId, ending: Ending) {
+        if let Some((entry, u)) = self.table.remove(id) {
+            ctx.ended(&u.route, &u.flow, &entry, ending);
+        }
+    }
+
+    /// Idle flows.
+    pub(super) fn run_timers(&mut self, ctx: &mut Ctx) {
+        while let Some(id) = self.table.pop_expired(ctx.now) {
+            self.close_flow(ctx, id, Ending::Closed);
+        }
+    }
+
+    /// The earliest expiry.
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        self.table.next_deadline()
+    }
+
+    /// This shard's flows, as the conntrack dump shows them.
+    pub(super) fn rows<'a>(&'a self, ctx: &'a Ctx) -> impl Iterator<Item = Row> + 'a {
+        (self.table.iter()).map(|(_, e, u)| ctx.row(e, &u.route, None))
+    }
+
+    /// Reads every queued datagram of nodePort socket `idx`, in batches, and forwards each run
+    /// of consecutive datagrams of one flow with a single sendmmsg.
+    pub(super) fn receive(&mut self, ctx: &mut Ctx, idx: usize) {
         loop {
             let Some(l) = self.listeners.get(idx) else {
                 return;
             };
-            let Sock::Udp(sock) = &l.sock else { return };
             let (key, local) = (l.key, l.local);
-            let n = match self.batch.recv(sock.as_raw_fd()) {
+            let n = match self.batch.recv(l.sock.as_raw_fd()) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -62,20 +168,20 @@ impl Worker {
                 };
                 let id = match self.table.lookup(&tuple) {
                     Some(id) => Some(id),
-                    None => self.new_udp_flow(idx, tuple),
+                    None => self.new_flow(ctx, idx, key, tuple),
                 };
                 match (run, id) {
                     (Some((flow, _)), Some(id)) if flow == id => {}
                     _ => {
                         if let Some((flow, start)) = run.take() {
-                            self.udp_forward(flow, start..i);
+                            self.forward(ctx, flow, start..i);
                         }
                         run = id.map(|id| (id, i));
                     }
                 }
             }
             if let Some((flow, start)) = run {
-                self.udp_forward(flow, start..n);
+                self.forward(ctx, flow, start..n);
             }
             if n < BATCH {
                 return; // the queue was drained: a new datagram raises a new edge
@@ -83,17 +189,20 @@ impl Worker {
         }
     }
 
-    fn new_udp_flow(&mut self, idx: usize, tuple: Tuple) -> Option<FlowId> {
-        let l = self.listeners.get(idx)?;
-        let key = l.key;
-        let route = self.routes.get(&key).cloned()?;
-        let flow = self.new_flow(key, tuple.client, tuple.node);
+    fn new_flow(
+        &mut self,
+        ctx: &mut Ctx,
+        idx: usize,
+        key: FrontendKey,
+        tuple: Tuple,
+    ) -> Option<FlowId> {
+        let route = ctx.routes.get(&key).cloned()?;
+        let flow = ctx.new_flow(key, tuple.client, tuple.node);
         let backends = route.backends(flow.family);
-        let picked = self
-            .policy
+        let picked = (ctx.policy)
             .admit_datagram(&*route.policy, flow)
             .and_then(|flow| {
-                let endpoint = route.policy.pick(&mut self.policy, &flow, backends, &[])?;
+                let endpoint = route.policy.pick(&mut ctx.policy, &flow, backends, &[])?;
                 Ok((flow, endpoint))
             });
         let (flow, endpoint) = match picked {
@@ -103,65 +212,51 @@ impl Worker {
                 return None;
             }
         };
-        let upstream =
-            match udp_upstream(endpoint, self.source_for(&route, &tuple.client, &endpoint)) {
-                Ok(s) => mio::net::UdpSocket::from_std(s),
-                Err(e) => {
-                    tracing::debug!(%endpoint, error = %e, "cannot open UDP socket to endpoint");
-                    route.metrics.refuse(Refusal::Dropped);
-                    return None;
-                }
-            };
-        let entry = Entry {
-            tuple,
-            frontend: key,
-            endpoint,
-            state: State::Unreplied,
-            started: self.now,
-            last_seen: self.now,
-            timeout: self.cfg.udp_timeout,
-            orig: Counters::default(),
-            reply: Counters::default(),
+        let source = ctx.source_for(&route, &tuple.client, &endpoint);
+        let upstream = match udp_upstream(endpoint, source) {
+            Ok(s) => mio::net::UdpSocket::from_std(s),
+            Err(e) => {
+                tracing::debug!(%endpoint, error = %e, "cannot open UDP socket to endpoint");
+                route.metrics.refuse(Refusal::Dropped);
+                return None;
+            }
         };
-        let metrics = route.metrics.clone();
-        let io = FlowIo::Udp(UdpFlow {
+        if !ctx.take_slot() {
+            route.metrics.refuse(Refusal::TableFull);
+            return None;
+        }
+        let (timeout, now) = (ctx.cfg.udp_timeout, ctx.now);
+        let entry = Entry::new(tuple, key, endpoint, State::Unreplied, now, timeout);
+        let u = UdpFlow {
             upstream,
             listener: idx,
             route,
             flow,
-        });
-        let Some((id, generation)) = self.table.insert(entry, io, true) else {
-            metrics.refuse(Refusal::TableFull);
-            return None;
         };
-        let registry = self.poll.registry();
-        let Some((_, FlowIo::Udp(u))) = self.table.get_mut(id, generation) else {
-            return None;
-        };
-        if let Err(e) = registry.register(
-            &mut u.upstream,
-            flow_token(id, generation, true),
-            Interest::READABLE,
-        ) {
+        let (id, generation) = self.table.insert(entry, u, true);
+        let token = token::flow(Protocol::Udp, id, generation, true);
+        let (_, u) = self.table.get_mut(id, generation)?;
+        if let Err(e) = (ctx.registry).register(&mut u.upstream, token, Interest::READABLE) {
             tracing::warn!(error = %e, "cannot watch UDP upstream socket");
-            self.close_flow(id, Ending::Closed);
+            u.route.metrics.refuse(Refusal::Dropped);
+            self.table.remove(id);
+            ctx.release_slot();
             return None;
         }
-        metrics.flows.inc();
-        metrics.active.inc();
+        u.route.metrics.flows.inc();
+        u.route.metrics.active.inc();
         Some(id)
     }
 
     /// Sends received datagrams `range` to the flow's endpoint.
-    fn udp_forward(&mut self, id: FlowId, range: Range<usize>) {
-        let now = self.now;
-        let Worker { table, batch, .. } = self;
-        let Some((entry, FlowIo::Udp(u), _)) = table.get_by_id(id) else {
+    fn forward(&mut self, ctx: &Ctx, id: FlowId, range: Range<usize>) {
+        let Udp { table, batch, .. } = self;
+        let Some((entry, u, _)) = table.get_by_id(id) else {
             return;
         };
-        entry.last_seen = now;
+        entry.last_seen = ctx.now;
         let count = range.len();
-        let sent = batch
+        let sent = (batch)
             .send(u.upstream.as_raw_fd(), range.clone(), None, None)
             .unwrap_or(0);
         let bytes = batch.bytes(range.start..range.start + sent);
@@ -175,22 +270,21 @@ impl Worker {
 
     /// Relays every reply queued on a flow's upstream socket back to the client, in batches,
     /// from the node address the client used.
-    pub(super) fn udp_reply(&mut self, id: FlowId, generation: u32) {
-        let now = self.now;
-        let stream_timeout = self.cfg.udp_stream_timeout;
-        let Worker {
+    pub(super) fn reply(&mut self, ctx: &Ctx, f: FlowRef) {
+        let Some(generation) = self.table.live(f.id, f.generation) else {
+            return;
+        };
+        let Udp {
             table,
             listeners,
             batch,
-            ..
         } = self;
-        let Some((entry, FlowIo::Udp(u))) = table.get_mut(id, generation) else {
+        let Some((entry, u)) = table.get_mut(f.id, generation) else {
             return;
         };
         let Some(l) = listeners.get(u.listener) else {
             return;
         };
-        let Sock::Udp(nodeport) = &l.sock else { return };
         let from = l.wildcard.then_some(entry.tuple.node.ip());
         let client = entry.tuple.client;
         loop {
@@ -204,13 +298,13 @@ impl Worker {
                     continue;
                 }
             };
-            entry.last_seen = now;
+            entry.last_seen = ctx.now;
             if entry.state == State::Unreplied {
                 entry.state = State::Replied;
-                entry.timeout = stream_timeout;
+                entry.timeout = ctx.cfg.udp_stream_timeout;
             }
-            let sent = batch
-                .send(nodeport.as_raw_fd(), 0..n, Some(&client), from)
+            let sent = (batch)
+                .send(l.sock.as_raw_fd(), 0..n, Some(&client), from)
                 .unwrap_or(0);
             let bytes = batch.bytes(0..sent);
             entry.reply.bytes += bytes;

@@ -14,20 +14,14 @@ use crate::source::manifests;
 
 fn sync() -> Sync {
     let cidr: ipnet::IpNet = "127.0.0.1/32".parse().expect("cidr");
+    let bind = BindAddresses::resolve(&[cidr]).expect("addresses");
     let cfg = DataplaneConfig {
-        workers: 1,
         connect_timeout: Duration::from_secs(1),
         connect_attempts: 1,
-        udp_timeout: Duration::from_secs(30),
-        udp_stream_timeout: Duration::from_secs(120),
         tcp_idle_timeout: Duration::ZERO,
         max_flows_per_worker: 16,
         splice: false,
-        bind: BindAddresses::resolve(&[cidr]).expect("addresses"),
-        preserve_source_v4: false,
-        preserve_source_v6: false,
-        node_ips: Vec::new(),
-        plugins: None,
+        ..DataplaneConfig::new(bind)
     };
     let metrics = Arc::new(Metrics::new());
     let dataplane = Dataplane::start(cfg, metrics.clone()).expect("dataplane");

@@ -1,0 +1,166 @@
+//! A worker's TCP side: its TCP nodePort sockets, its TCP conntrack shard and the relay
+//! pools. Connections are accepted and placed (`accept`), connected to an endpoint with
+//! bounded time and retries (`connect`), then relayed both ways with splice, honouring
+//! half-close (`flow`). A reset on either side resets the other.
+//!
+//! The worker lends it a `Ctx` (routes, policy, clock, registry, peers); nothing here reaches
+//! back into the worker.
+
+mod accept;
+mod connect;
+mod flow;
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::time::Instant;
+
+use super::config::DataplaneConfig;
+use super::conntrack::{FlowId, Row, Table};
+use super::context::Ctx;
+use super::nodeports::NodePorts;
+use super::relay::{Buffers, Pipe};
+use super::token::FlowRef;
+use crate::model::{FrontendKey, Protocol};
+use crate::policy::Ending;
+use flow::TcpFlow;
+
+/// What the relay borrows beside a flow: pools and the copy buffer.
+struct Pools {
+    scratch: Box<[u8]>,
+    buffers: Buffers,
+    pipes: Vec<Pipe>,
+    /// Relay with splice(2); cleared when the kernel turns out not to support it.
+    splice: bool,
+}
+
+/// A worker's TCP listeners and flows.
+pub(super) struct Tcp {
+    listeners: NodePorts<mio::net::TcpListener>,
+    table: Table<TcpFlow>,
+    connect_timers: BinaryHeap<Reverse<(Instant, FlowId, u32)>>,
+    /// Listeners (by control id) to accept on again, and when.
+    accept_retry: Vec<(Instant, u64)>,
+    /// Last accept-failure warning (at most one a second).
+    accept_warned: Option<Instant>,
+    pools: Pools,
+}
+
+impl Tcp {
+    /// Nothing served yet.
+    pub(super) fn new(cfg: &DataplaneConfig) -> Self {
+        Self {
+            listeners: NodePorts::new(Protocol::Tcp),
+            table: Table::new(cfg.max_flows_per_worker),
+            connect_timers: BinaryHeap::new(),
+            accept_retry: Vec::new(),
+            accept_warned: None,
+            pools: Pools {
+                scratch: vec![0u8; 65536].into_boxed_slice(),
+                buffers: Buffers::default(),
+                pipes: Vec::new(),
+                splice: cfg.splice,
+            },
+        }
+    }
+
+    /// Flows tracked.
+    pub(super) fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Starts serving a listening socket; connections already queued are accepted now.
+    pub(super) fn add_listener(
+        &mut self,
+        ctx: &mut Ctx,
+        id: u64,
+        key: FrontendKey,
+        l: std::net::TcpListener,
+    ) {
+        let local = l.local_addr();
+        let l = mio::net::TcpListener::from_std(l);
+        if let Some(idx) = (self.listeners).add(&ctx.registry, ctx.index, id, key, l, local) {
+            self.accept(ctx, idx);
+        }
+    }
+
+    /// Closes the listener with control id `id`; false when it is not one of these.
+    /// Established flows carry on: they do not need it.
+    pub(super) fn remove_listener(&mut self, ctx: &Ctx, id: u64) -> bool {
+        self.listeners
+            .index_of(id)
+            .is_some_and(|idx| self.listeners.remove(&ctx.registry, idx))
+    }
+
+    /// Closes every listener (shutdown).
+    pub(super) fn close_listeners(&mut self, ctx: &Ctx) {
+        for idx in self.listeners.indices() {
+            self.listeners.remove(&ctx.registry, idx);
+        }
+    }
+
+    /// Readiness on one of a flow's sockets.
+    pub(super) fn ready(&mut self, ctx: &mut Ctx, f: FlowRef, ev: &mio::event::Event) {
+        if let Some(generation) = self.table.live(f.id, f.generation) {
+            self.flow_ready(ctx, f.id, generation, f.upstream, ev);
+        }
+    }
+
+    /// Expired connects, listeners due for another accept, idle flows.
+    pub(super) fn run_timers(&mut self, ctx: &mut Ctx) {
+        while let Some(Reverse((deadline, id, generation))) = self.connect_timers.peek().copied() {
+            if deadline > ctx.now {
+                break;
+            }
+            self.connect_timers.pop();
+            self.connect_timed_out(ctx, id, generation);
+        }
+        if !self.accept_retry.is_empty() {
+            let now = ctx.now;
+            let (due, later): (Vec<_>, Vec<_>) =
+                self.accept_retry.drain(..).partition(|(t, _)| *t <= now);
+            self.accept_retry = later;
+            for (_, id) in due {
+                if let Some(idx) = self.listeners.index_of(id) {
+                    self.accept(ctx, idx);
+                }
+            }
+        }
+        while let Some(id) = self.table.pop_expired(ctx.now) {
+            self.close_flow(ctx, id, Ending::Closed);
+        }
+    }
+
+    /// The earliest timer, so the worker knows how long it may sleep.
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        let connect = self.connect_timers.peek().map(|Reverse((d, _, _))| *d);
+        let retry = self.accept_retry.iter().map(|(t, _)| *t).min();
+        [connect, retry, self.table.next_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Ends a flow: sockets close, pipes go back to the pool, and the worker's context
+    /// learns that it ended.
+    fn close_flow(&mut self, ctx: &mut Ctx, id: FlowId, ending: Ending) {
+        let Some((entry, t)) = self.table.remove(id) else {
+            return;
+        };
+        ctx.add_load(-1);
+        ctx.ended(&t.route, &t.flow, &entry, ending);
+        t.release(&mut self.pools.pipes, &mut self.pools.buffers);
+    }
+
+    /// Ends a flow with RST on both sides.
+    fn abort(&mut self, ctx: &mut Ctx, id: FlowId, ending: Ending) {
+        if let Some((_, t, _)) = self.table.get_by_id(id) {
+            t.reset_both();
+        }
+        self.close_flow(ctx, id, ending);
+    }
+
+    /// This shard's flows, as the conntrack dump shows them.
+    pub(super) fn rows<'a>(&'a self, ctx: &'a Ctx) -> impl Iterator<Item = Row> + 'a {
+        (self.table.iter()).map(|(_, e, t)| ctx.row(e, &t.route, t.segments()))
+    }
+}
