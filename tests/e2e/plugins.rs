@@ -532,3 +532,48 @@ fn plugin_check_and_bench_commands() {
     }
     assert!(out.contains("p99"), "{out}");
 }
+
+#[test]
+fn plugin_series_go_when_the_service_stops_running_the_plugin() {
+    let a = TcpBackend::local("a");
+    let np = node_port();
+    let m = Manifests::new();
+    let pinned = |plugins: bool| {
+        let svc = Service::new("counted").tcp("http", np);
+        let svc = if plugins {
+            svc.plugins("pin")
+                .plugin_config("pin", &pin(a.addr().port()))
+        } else {
+            svc
+        };
+        docs(&[svc.yaml(), slices("counted", "http", "TCP", &[a.addr()])])
+    };
+    m.write("svc.yaml", &pinned(true));
+    let pd = PluginDir::with(&["fixtures/pin"]);
+    let d = pd.start(&m, &[]);
+    let of_pin = |d: &Daemon| {
+        d.metrics()
+            .lines()
+            .filter(|l| l.contains("service=\"e2e/counted\"") && l.contains("plugin=\"pin\""))
+            .count()
+    };
+    assert_eq!(who(lo(np)).expect("pinned flow"), "a");
+    assert!(
+        of_pin(&d) > 0,
+        "the plugin's series exist once it is called"
+    );
+    // The annotation goes: the Service runs the native default, the plugin's series go, the
+    // Service's own stay.
+    m.write("svc.yaml", &pinned(false));
+    wait_for(Duration::from_secs(10), "plugin series forgotten", || {
+        of_pin(&d) == 0
+    });
+    assert_eq!(who(lo(np)).expect("native flow"), "a");
+    let flows = "nodeportd_flows_total{service=\"e2e/counted\"";
+    assert_eq!(d.metric(flows), 2.0, "the frontend's series carry on");
+    // The Service goes: every series of it goes.
+    m.write("svc.yaml", "");
+    wait_for(Duration::from_secs(10), "frontend series forgotten", || {
+        d.metric_opt(flows).is_none()
+    });
+}

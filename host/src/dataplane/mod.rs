@@ -13,6 +13,7 @@ pub mod pktinfo;
 pub mod refusal;
 pub mod relay;
 pub mod route;
+mod series;
 mod tcp;
 mod token;
 pub mod transparent;
@@ -164,6 +165,7 @@ impl Dataplane {
             .collect();
         let existing = self.programmed.remove(&key);
         let is_new = existing.is_none();
+        let old_chain = existing.as_ref().and_then(|p| p.route.chain.clone());
         let mut old: Vec<NodePortSocket> = existing.map(|p| p.sockets).unwrap_or_default();
         // Workers learn the route before any socket that needs it.
         self.broadcast(key, Some(route.clone()));
@@ -187,8 +189,11 @@ impl Dataplane {
                 self.close_socket(s);
             }
             self.broadcast(key, None);
+            series::forget(&self.metrics, &route.frontend, route.chain.as_deref());
             return Err(format!("cannot bind nodePort: {}", errors.join("; ")));
         }
+        let (old, new) = (old_chain.as_deref(), route.chain.as_deref());
+        series::switch_plugins(&self.metrics, &route.frontend, old, new);
         self.programmed.insert(key, Programmed { route, sockets });
         self.metrics.listeners.set(self.open_sockets);
         if errors.is_empty() {
@@ -230,7 +235,7 @@ impl Dataplane {
                 self.close_socket(s);
             }
             self.broadcast(*key, None);
-            self.metrics.forget::<Refusal>(&(&p.route.frontend).into());
+            series::forget(&self.metrics, &p.route.frontend, p.route.chain.as_deref());
             self.metrics.listeners.set(self.open_sockets);
         }
     }

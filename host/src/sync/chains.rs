@@ -1,7 +1,6 @@
 //! Plugin chains: resolves the chain each frontend's annotations ask for against the plugin
 //! directory. When that fails (a plugin that does not load, a refused config, no
-//! `--plugin-dir`), the frontend keeps the chain it runs now and the reason is logged once;
-//! metric series of plugins a frontend no longer runs are forgotten.
+//! `--plugin-dir`), the frontend keeps the chain it runs now and the reason is logged once.
 //!
 //! The chain a frontend runs now is the dataplane's (`Dataplane::chain`); this module keeps
 //! only what the dataplane cannot know: why a frontend does not run what it asks for.
@@ -101,24 +100,9 @@ impl Chains {
         tracing::error!(service = %service, port = %fe.port_name, error = %e, "Service's plugins not applied; {keeps}");
     }
 
-    /// `fe` now runs `new` instead of `old`: removes the metric series of the plugins it no
-    /// longer runs.
-    pub fn switched(&self, fe: &Frontend, old: Option<&Arc<Chain>>, new: Option<&Arc<Chain>>) {
-        for link in old.into_iter().flat_map(|c| &c.links) {
-            if !new.is_some_and(|n| n.links.iter().any(|l| l.plugin.name == link.plugin.name)) {
-                (self.metrics)
-                    .forget_plugin::<crate::plugin::FailureKind, crate::plugin::backoff::Cause>(
-                        &fe.into(),
-                        &link.plugin.name,
-                    );
-            }
-        }
-    }
-
-    /// `fe` (which ran `old`) is gone: forgets its refusal and its plugins' series.
-    pub fn removed(&mut self, fe: &Frontend, old: Option<&Arc<Chain>>) {
+    /// `fe` is gone: forgets why it did not run its chain (the dataplane forgets its series).
+    pub fn removed(&mut self, fe: &Frontend) {
         self.errors.remove(&fe.key);
-        self.switched(fe, old, None);
     }
 }
 

@@ -248,10 +248,9 @@ impl Sync {
 
     /// Removes a frontend the Service no longer has; its port is released.
     fn remove_frontend(&mut self, fe: &Frontend) {
-        let old_chain = self.dataplane.chain(&fe.key).cloned();
         self.dataplane.remove(&fe.key);
         self.claims.release(&fe.key);
-        self.chains.removed(fe, old_chain.as_ref());
+        self.chains.removed(fe);
     }
 
     /// Programs one frontend of `key` unless another Service holds its port or nothing
@@ -295,8 +294,6 @@ impl Sync {
         // A failed upsert keeps a frontend that was programmed, now with the new route.
         let programmed = self.dataplane.programmed(&fe.key).is_some();
         if programmed {
-            self.chains
-                .switched(&fe, old_chain.as_ref(), chain.as_ref());
             self.claims.claim(key, fe.key);
         }
         self.claims.set_incomplete(fe.key, upserted.is_err());
