@@ -20,9 +20,18 @@ pub struct TcpBackend {
     thread: Option<JoinHandle<()>>,
 }
 
-fn serve_tcp_conn(mut s: TcpStream, id: &str) {
+fn serve_tcp_conn(mut s: TcpStream, id: &str, proxy: bool) {
     let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
     let _ = s.set_write_timeout(Some(Duration::from_secs(60)));
+    // A PROXY-aware endpoint answers with what the header said (or why there was none).
+    let id = if proxy {
+        match crate::proxy::read_proxy_v2(&mut s) {
+            Ok((client, node)) => format!("{id} client={client} node={node}"),
+            Err(e) => format!("{id} header-error={e}"),
+        }
+    } else {
+        id.to_string()
+    };
     // The first line, byte by byte so nothing after it is consumed here.
     let mut byte = [0u8; 1];
     loop {
@@ -54,6 +63,17 @@ fn serve_tcp_conn(mut s: TcpStream, id: &str) {
 impl TcpBackend {
     /// Listens on `addr` (port 0 for a free one) and serves on a thread.
     pub fn start(addr: impl ToSocketAddrs, id: &str) -> Self {
+        Self::serve(addr, id, false)
+    }
+
+    /// A backend on 127.0.0.1 that expects a PROXY protocol v2 header first on every
+    /// connection and answers `"{id} client={addr} node={addr}\n"` from it (or
+    /// `"{id} header-error=..."`).
+    pub fn proxy_v2(id: &str) -> Self {
+        Self::serve("127.0.0.1:0", id, true)
+    }
+
+    fn serve(addr: impl ToSocketAddrs, id: &str, proxy: bool) -> Self {
         let listener = TcpListener::bind(addr).expect("bind TCP backend");
         let addr = listener.local_addr().expect("local_addr");
         let stop = Arc::new(AtomicBool::new(false));
@@ -79,7 +99,7 @@ impl TcpBackend {
                         let _ = std::thread::Builder::new()
                             .name(format!("backend-{id}-conn"))
                             .spawn(move || {
-                                serve_tcp_conn(s, &id);
+                                serve_tcp_conn(s, &id, proxy);
                                 open.lock().unwrap().remove(&n);
                             });
                     }

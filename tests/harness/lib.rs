@@ -11,7 +11,7 @@
 //! One module per concept, everything re-exported here: `wait` (bounded waits and commands),
 //! `daemon` (the process under test), `metrics` (/metrics and /conntrack answers), `manifests`
 //! (the directory and YAML builders), `backends` (TCP and UDP backends), `clients` (HTTP,
-//! TCP and UDP clients), `ports` (nodePorts, free and dead ports), `netns` (network
+//! TCP and UDP clients), `ports` (nodePorts, free and dead ports), `proxy` (the endpoint's side of PROXY v2), `netns` (network
 //! namespaces), `plugins` (built plugins, plugin directories) and `rig` (in-process plugin
 //! rigs, a public module).
 
@@ -23,6 +23,7 @@ mod metrics;
 mod netns;
 mod plugins;
 mod ports;
+mod proxy;
 pub mod rig;
 mod wait;
 
@@ -41,6 +42,7 @@ pub use metrics::{parse_metric, rows};
 pub use netns::{is_root, Netns};
 pub use plugins::{built_plugin, built_plugins, PluginDir};
 pub use ports::{dead_tcp_port, free_tcp_port, has_ipv6, node_port};
+pub use proxy::read_proxy_v2;
 pub use wait::{run_bounded, wait_for, wait_until};
 
 /// Polling step of every wait.

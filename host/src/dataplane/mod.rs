@@ -10,6 +10,7 @@ pub mod control;
 pub mod listener;
 mod nodeports;
 pub mod pktinfo;
+mod proxy_header;
 pub mod refusal;
 pub mod relay;
 pub mod route;

@@ -81,6 +81,8 @@ pub struct Frontend {
     /// The Service's WASM plugin chain, as annotated (resolved to loaded plugins by the sync
     /// loop, see `plugin::Chain`).
     pub plugins: Option<Arc<super::PluginSpec>>,
+    /// Connections to endpoints start with a PROXY protocol v2 header (TCP only).
+    pub proxy_protocol: bool,
 }
 
 impl From<&Frontend> for crate::metrics::FrontendLabels {
@@ -200,5 +202,6 @@ fn build_port(
         affinity: service.affinity,
         policy: service.traffic_policy,
         plugins: service.plugins.clone(),
+        proxy_protocol: service.proxy_protocol && sp.protocol == Protocol::Tcp,
     }
 }

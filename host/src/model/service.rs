@@ -144,4 +144,7 @@ pub struct Service {
     pub annotations: BTreeMap<String, String>,
     /// The WASM plugin chain its annotations name (None: the native default decides).
     pub plugins: Option<std::sync::Arc<super::PluginSpec>>,
+    /// `nodeportd.dev/proxy-protocol: v2`: TCP connections to endpoints start with a PROXY
+    /// protocol v2 header carrying the client's address.
+    pub proxy_protocol: bool,
 }

@@ -94,6 +94,7 @@ pub(crate) mod tests {
             affinity: None,
             policy: TrafficPolicy::Cluster,
             plugins: None,
+            proxy_protocol: false,
         }
     }
 

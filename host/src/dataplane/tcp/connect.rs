@@ -3,7 +3,7 @@
 //! endpoint already tried, until `--connect-attempts` were used; then the client is reset.
 
 use std::cmp::Reverse;
-use std::io;
+use std::io::{self, Write};
 use std::net::SocketAddr;
 
 use mio::Interest;
@@ -14,6 +14,7 @@ use crate::dataplane::conntrack::{Entry, FlowId, State, Tuple};
 use crate::dataplane::context::Ctx;
 use crate::dataplane::control::Handoff;
 use crate::dataplane::listener::tcp_connect;
+use crate::dataplane::proxy_header::ProxyHeader;
 use crate::dataplane::refusal::Refusal;
 use crate::dataplane::route::Route;
 use crate::dataplane::token;
@@ -164,6 +165,19 @@ impl Tcp {
         let Some((entry, t)) = self.table.get_mut(id, generation) else {
             return;
         };
+        if t.route.frontend.proxy_protocol {
+            // Before any client byte: on a socket that just connected the send buffer is
+            // empty, so the whole header goes or the connection is broken.
+            let header = ProxyHeader::v2(t.flow.client, t.flow.node);
+            match (&t.upstream).write(header.bytes()) {
+                Ok(n) if n == header.bytes().len() => {}
+                outcome => {
+                    tracing::debug!(endpoint = %entry.endpoint, ?outcome, "cannot send the PROXY header");
+                    self.abort(ctx, id, Ending::Reset);
+                    return;
+                }
+            }
+        }
         entry.state = State::Established;
         t.start_relaying();
         // Edges that arrived while connecting were not acted on: move what is there now.

@@ -1,5 +1,6 @@
-//! The plugin annotations of a Service (`nodeportd.dev/plugins` and friends, read by
-//! [`PluginSpec`](crate::model::PluginSpec)): a wrong annotation rejects the Service, named.
+//! The nodeportd annotations of a Service: the plugin chain (`nodeportd.dev/plugins` and
+//! friends, read by [`PluginSpec`](crate::model::PluginSpec)) and the PROXY protocol to
+//! endpoints. A wrong annotation rejects the Service, named.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,6 +16,25 @@ pub(super) fn plugins(
     match PluginSpec::from_annotations(annotations) {
         Ok(spec) => Ok(spec.map(Arc::new)),
         Err(e) => Err(format!("Service {key}: {e}")),
+    }
+}
+
+/// Asks for a PROXY protocol header on connections to the Service's endpoints.
+pub const PROXY_PROTOCOL_ANNOTATION: &str = "nodeportd.dev/proxy-protocol";
+
+/// Whether TCP connections to endpoints start with a PROXY protocol v2 header (HAProxy's
+/// `send-proxy-v2`): for endpoints that want the client's address under any traffic policy.
+/// UDP ports are forwarded unchanged (no endpoint software expects a header per datagram).
+pub(super) fn proxy_protocol(
+    key: &ServiceKey,
+    annotations: &BTreeMap<String, String>,
+) -> Result<bool, String> {
+    match annotations.get(PROXY_PROTOCOL_ANNOTATION).map(|v| v.trim()) {
+        None | Some("") => Ok(false),
+        Some("v2") => Ok(true),
+        Some(other) => Err(format!(
+            "Service {key}: annotation {PROXY_PROTOCOL_ANNOTATION}: {other:?} is not supported (the value is \"v2\")"
+        )),
     }
 }
 
@@ -47,6 +67,36 @@ mod tests {
         assert_eq!(spec.chain[0].config, "198.18.0.0/24");
         assert_eq!(spec.failure_policy, FailurePolicy::Open);
         assert_eq!(s.annotations.get("team").map(String::as_str), Some("web"));
+    }
+
+    #[test]
+    fn proxy_protocol_v2_is_asked_for_tcp_ports_only() {
+        use crate::model::fixtures::port;
+        let on = super::PROXY_PROTOCOL_ANNOTATION;
+        assert!(served(&annotated(&[(on, "v2")])).proxy_protocol);
+        assert!(!served(&annotated(&[])).proxy_protocol);
+        let mut svc = annotated(&[(on, " v2 ")]);
+        let spec = svc.spec.as_mut().expect("spec");
+        spec.ports = Some(vec![
+            tcp("http", 30080),
+            port("dns", "UDP", 53, Some(30053)),
+        ]);
+        let s = served(&svc);
+        let node = crate::model::NodeInfo {
+            name: "n".into(),
+            zone: None,
+        };
+        let (fes, _) = crate::model::frontend::build(&s, &[], &node);
+        let by_port: Vec<(u16, bool)> = fes
+            .iter()
+            .map(|f| (f.key.node_port, f.proxy_protocol))
+            .collect();
+        assert_eq!(by_port, vec![(30080, true), (30053, false)]);
+        let e = invalid(&annotated(&[(on, "v1")]));
+        assert!(
+            e.starts_with("Service ns/x: annotation nodeportd.dev/proxy-protocol: \"v1\""),
+            "{e}"
+        );
     }
 
     #[test]

@@ -70,6 +70,10 @@ pub fn service(svc: &K8sService, range: &RangeInclusive<u16>) -> ServiceOutcome 
         Ok(plugins) => plugins,
         Err(e) => return ServiceOutcome::Invalid(e),
     };
+    let proxy_protocol = match annotations::proxy_protocol(&key, &annotations) {
+        Ok(on) => on,
+        Err(e) => return ServiceOutcome::Invalid(e),
+    };
     ServiceOutcome::Serve(
         Service {
             key,
@@ -80,6 +84,7 @@ pub fn service(svc: &K8sService, range: &RangeInclusive<u16>) -> ServiceOutcome 
             health_check_node_port,
             annotations,
             plugins,
+            proxy_protocol,
         },
         errors,
     )
