@@ -2,6 +2,8 @@
 //! reports whole sets of objects per origin and says when its first listing is complete, by
 //! sending `SourceEvent`s through a `Sink` straight into the sync loop's channel.
 
+#[cfg(test)]
+mod fuzz;
 pub mod manifests;
 
 use crossbeam_channel::Sender;

@@ -104,6 +104,11 @@ export!(ClientSubnetAffinity: affinity);
 mod tests {
     use super::*;
 
+    #[test]
+    fn random_configs_never_panic() {
+        nodeport_plugin::testing::fuzz_configure::<ClientSubnetAffinity>(20_000);
+    }
+
     fn key(s: &Subnets, a: &str) -> u64 {
         s.key(a.parse().unwrap()).key
     }

@@ -40,3 +40,8 @@ fn spreads_flows_evenly() {
 fn keeps_the_selection_contract() {
     nodeport_plugin::testing::check_selection_contract::<ConsistentHash>();
 }
+
+#[test]
+fn random_configs_never_panic() {
+    nodeport_plugin::testing::fuzz_configure::<ConsistentHash>(20_000);
+}

@@ -53,3 +53,8 @@ fn with_no_ready_endpoint_all_serve() {
 fn keeps_the_selection_contract() {
     nodeport_plugin::testing::check_selection_contract::<Maglev>();
 }
+
+#[test]
+fn random_configs_never_panic() {
+    nodeport_plugin::testing::fuzz_configure::<Maglev>(20_000);
+}

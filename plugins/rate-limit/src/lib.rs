@@ -224,6 +224,11 @@ export!(RateLimit: admission);
 mod tests {
     use super::*;
 
+    #[test]
+    fn random_configs_never_panic() {
+        nodeport_plugin::testing::fuzz_configure::<RateLimit>(20_000);
+    }
+
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }

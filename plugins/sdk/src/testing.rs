@@ -99,3 +99,76 @@ pub fn assignment<S: Selection>(ids: &[u32], n: u64) -> Vec<u32> {
         .map(|i| ids[i as usize])
         .collect()
 }
+
+/// A bounded fuzz pass over a plugin's config parsing: `cases` configs, built from the
+/// characters and tokens configs are made of (and some arbitrary Unicode), each given to a
+/// fresh `configure` and then to a reused one. Nothing may panic (a panic is a trap: the
+/// Service loses its plugin on every worker), and a refusal must say something. Seeded, so
+/// a failure names the config that caused it.
+pub fn fuzz_configure<P: crate::Plugin>(cases: usize) {
+    const TOKENS: &[&str] = &[
+        "0",
+        "1",
+        "9",
+        "255",
+        "256",
+        "65535",
+        "4294967296",
+        "-1",
+        ".",
+        ":",
+        "::",
+        "/",
+        "/0",
+        "/33",
+        "/129",
+        ",",
+        ", ",
+        "=",
+        " ",
+        "\t",
+        "\n",
+        "x",
+        "k",
+        "s",
+        "ms",
+        "per",
+        "rate",
+        "burst",
+        "port",
+        "mask",
+        "v4",
+        "v6",
+        "198.18.0.0",
+        "2001:db8::",
+        "ffff",
+        "é",
+        "\u{0}",
+        "\u{202e}",
+        "🦀",
+    ];
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        // xorshift64*: deterministic, no dependency.
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    };
+    let mut reused = P::default();
+    for case in 0..cases {
+        let len = (next() % 12) as usize;
+        let config: String = (0..len)
+            .map(|_| TOKENS[(next() % TOKENS.len() as u64) as usize])
+            .collect();
+        for p in [&mut P::default(), &mut reused] {
+            if let Err(why) = p.configure(&service(), &config) {
+                assert!(
+                    !why.trim().is_empty(),
+                    "case {case}: refusal of {config:?} says nothing"
+                );
+            }
+        }
+        reused.forget(1);
+    }
+}

@@ -103,6 +103,11 @@ export!(SourceRanges: admission);
 mod tests {
     use super::*;
 
+    #[test]
+    fn random_configs_never_panic() {
+        nodeport_plugin::testing::fuzz_configure::<SourceRanges>(20_000);
+    }
+
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
