@@ -118,14 +118,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let (tx, rx) = crossbeam_channel::unbounded::<Event>();
     let mut sync = Sync::new(store, dataplane, metrics.clone(), ready).with_health(health);
-    let mut _plugin_watch = None;
     if let (Some(rt), Some(dir)) = (plugin_runtime, &args.plugin_dir) {
         let directory = crate::plugin::Directory::new(rt, dir.clone(), metrics);
-        _plugin_watch = Some(
-            directory
-                .watch(tx.clone(), || Event::PluginsChanged)
-                .with_context(|| format!("cannot watch --plugin-dir {}", dir.display()))?,
-        );
+        directory
+            .watch(tx.clone(), || Event::PluginsChanged)
+            .with_context(|| format!("cannot watch --plugin-dir {}", dir.display()))?;
         sync = sync.with_plugins(directory);
     }
     let sync_thread = std::thread::Builder::new()

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crossbeam_channel::Sender;
-use notify::{RecursiveMode, Watcher};
 
 use super::chain::{Chain, Link};
 use super::contract::Plugin;
@@ -193,31 +192,32 @@ impl Directory {
         Ok(Some(Arc::new(chain)))
     }
 
-    /// Watches the directory and sends `event()` (once per burst of changes) to `tx` until
-    /// the receiver is gone. The watcher lives as long as the returned handle.
-    pub fn watch<E: Send + 'static>(
-        &self,
-        tx: Sender<E>,
-        event: fn() -> E,
-    ) -> notify::Result<notify::RecommendedWatcher> {
-        let (raw_tx, raw_rx) = crossbeam_channel::unbounded::<()>();
-        let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-            if ev.is_ok() {
-                let _ = raw_tx.send(());
-            }
-        })?;
-        watcher.watch(&self.dir, RecursiveMode::NonRecursive)?;
+    /// Watches the directory for content changes ([`crate::fswatch`]: never opens or reads)
+    /// and sends `event()` once per burst (any entry: a ConfigMap volume's `..data` swap
+    /// changes every plugin behind it; a re-read compares file stamps only) to `tx`, from a thread of its own, until the
+    /// receiver is gone. Fails when the directory cannot be watched.
+    pub fn watch<E: Send + 'static>(&self, tx: Sender<E>, event: fn() -> E) -> std::io::Result<()> {
+        let mut watch = crate::fswatch::DirWatch::new(&self.dir)?;
+        let dir = self.dir.clone();
         std::thread::Builder::new()
             .name("plugin-watch".into())
-            .spawn(move || {
-                while raw_rx.recv().is_ok() {
-                    while raw_rx.recv_timeout(SETTLE).is_ok() {}
-                    if tx.send(event()).is_err() {
+            .spawn(move || loop {
+                match watch.next(SETTLE) {
+                    Ok(b) if b.gone => {
+                        tracing::error!(dir = %dir.display(), "--plugin-dir removed or moved; plugins in use stay loaded");
+                        return;
+                    }
+                    Ok(_) => {
+                        if tx.send(event()).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(dir = %dir.display(), error = %e, "--plugin-dir no longer watched");
                         return;
                     }
                 }
-            })
-            .map_err(notify::Error::io)?;
-        Ok(watcher)
+            })?;
+        Ok(())
     }
 }
