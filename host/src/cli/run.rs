@@ -119,7 +119,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let (tx, rx) = crossbeam_channel::unbounded::<Event>();
     let mut sync = Sync::new(store, dataplane, metrics.clone(), ready).with_health(health);
     if let (Some(rt), Some(dir)) = (plugin_runtime, &args.plugin_dir) {
-        let directory = crate::plugin::Directory::new(rt, dir.clone(), metrics);
+        let probed = tx.clone();
+        let probed = Arc::new(move || {
+            let _ = probed.send(Event::PluginsChanged);
+        });
+        let directory = crate::plugin::Directory::new(rt, dir.clone(), metrics, probed)
+            .context("cannot start the plugin probe threads")?;
         directory
             .watch(tx.clone(), || Event::PluginsChanged)
             .with_context(|| format!("cannot watch --plugin-dir {}", dir.display()))?;
