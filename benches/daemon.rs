@@ -41,8 +41,10 @@ impl Daemon {
                 "node-0",
                 "--nodeport-addresses",
                 "127.0.0.1/32",
-                "--admin-address",
+                "--metrics-bind-address",
                 admin,
+                "--healthz-bind-address",
+                "127.0.0.1:0",
             ])
             .args(extra)
             .stderr(Stdio::null())

@@ -8,7 +8,7 @@
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use nodeport_plugin::{Admission, Plugin, Selection};
@@ -30,9 +30,13 @@ fn plugin_dir() -> PathBuf {
 }
 
 fn chain(dir: &mut Directory, plugin: &str, config: &str, b: &Arc<[Backend]>) -> Arc<Chain> {
-    dir.resolve(&rig::frontend(plugin, config, b), None)
-        .expect("resolve")
-        .expect("a chain")
+    dir.resolve_wait(
+        &rig::frontend(plugin, config, b),
+        None,
+        Duration::from_secs(10),
+    )
+    .expect("resolve")
+    .expect("a chain")
 }
 
 /// The same flow as the SDK's native types see it, on handle 1 (`testing::service()`'s).
@@ -56,7 +60,8 @@ fn bench(c: &mut Criterion) {
         metrics.plugin_logs_dropped.clone(),
     )
     .expect("runtime");
-    let mut dir = Directory::new(rt.clone(), plugin_dir(), metrics);
+    let mut dir =
+        Directory::new(rt.clone(), plugin_dir(), metrics, Arc::new(|| {})).expect("probe threads");
     let b16 = rig::backends(16);
     let flows: Vec<FlowInfo> = (0..4096).map(rig::flow).collect();
 

@@ -67,7 +67,7 @@ done
 
 echo "== starting nodeportd on deploy/examples (nodePorts on 127.0.0.0/8)"
 "$bin" run --manifests "$root/deploy/examples" --node-name demo-node \
-  --nodeport-addresses 127.0.0.0/8 --admin-address 127.0.0.1:10256 \
+  --nodeport-addresses 127.0.0.0/8 --healthz-bind-address 127.0.0.1:10256 --metrics-bind-address 127.0.0.1:10249 \
   --plugin-dir "$root/target/plugins" --plugin-cache-dir "$work/plugin-cache" \
   >"$work/nodeportd.log" 2>&1 &
 pids+=($!)
@@ -94,7 +94,7 @@ else
   echo "   connection reset, as the plugin said"
 fi
 echo "   plugin metrics:"
-curl -s http://127.0.0.1:10256/metrics | grep -E '^nodeportd_plugin_(calls_total|denials_total)' | grep -v ' 0$' | sed 's/^/   /'
+curl -s http://127.0.0.1:10249/metrics | grep -E '^nodeportd_plugin_(calls_total|denials_total)' | grep -v ' 0$' | sed 's/^/   /'
 
 echo
 echo "== 4 UDP datagrams from one client to 127.0.0.1:30007 (Service demo/echo, ClientIP affinity)"
@@ -115,12 +115,12 @@ time.sleep(3)
 PY
 holder=$!
 sleep 0.5
-"$bin" conntrack --admin-address 127.0.0.1:10256
+"$bin" conntrack --metrics-bind-address 127.0.0.1:10249
 wait "$holder" || true
 
 echo
 echo "== metrics (selection)"
-curl -s http://127.0.0.1:10256/metrics | grep -E '^nodeportd_(flows_total|flows_refused_total.*no_endpoint|listeners)' | head -8
+curl -s http://127.0.0.1:10249/metrics | grep -E '^nodeportd_(flows_total|flows_refused_total.*no_endpoint|listeners)' | head -8
 
 if grep -q ERROR "$work/nodeportd.log"; then
   echo; echo "== nodeportd reported errors:"; grep ERROR "$work/nodeportd.log"
@@ -128,7 +128,7 @@ fi
 
 cat <<TXT
 
-Admin endpoints: http://127.0.0.1:10256/healthz /readyz /metrics /conntrack
+Admin endpoints: http://127.0.0.1:10256/healthz /readyz, http://127.0.0.1:10249/metrics /conntrack
 Edit deploy/examples/*.yaml while the daemon runs (DEMO_HOLD=60) and it applies the change live.
 TXT
 if [ -n "${DEMO_HOLD:-}" ]; then

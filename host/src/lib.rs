@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod cli;
 pub mod dataplane;
+pub mod fswatch;
 pub mod metrics;
 pub mod model;
 pub mod plugin;

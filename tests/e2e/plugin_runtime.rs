@@ -22,13 +22,23 @@ fn setup(plugins: &[&str], cfg: RuntimeConfig) -> Rig {
     let pd = PluginDir::with(plugins);
     let metrics = Arc::new(Metrics::new());
     let rt = Runtime::new(cfg, metrics.plugin_logs_dropped.clone()).expect("runtime");
-    let dir = Directory::new(rt.clone(), pd.path().to_path_buf(), metrics);
+    let dir = Directory::new(
+        rt.clone(),
+        pd.path().to_path_buf(),
+        metrics,
+        Arc::new(|| {}),
+    )
+    .expect("probe threads");
     Rig { rt, dir, _pd: pd }
 }
 
 fn chain(r: &mut Rig, plugin: &str, config: &str, b: &Arc<[Backend]>) -> Arc<Chain> {
     r.dir
-        .resolve(&rig::frontend(plugin, config, b), None)
+        .resolve_wait(
+            &rig::frontend(plugin, config, b),
+            None,
+            Duration::from_secs(10),
+        )
         .expect("resolves")
         .expect("a chain")
 }

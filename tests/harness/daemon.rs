@@ -41,7 +41,10 @@ pub fn binary() -> PathBuf {
 /// A running `nodeportd run`, killed on drop (its log is printed when the test failed).
 pub struct Daemon {
     child: Child,
+    /// The metrics address (every admin route).
     admin: SocketAddr,
+    /// The health address (/healthz, /livez, /readyz only).
+    health: SocketAddr,
     log_path: PathBuf,
     status: Option<ExitStatus>,
     _logs: tempfile::TempDir,
@@ -66,7 +69,8 @@ fn strip_ansi(s: &str) -> String {
 }
 
 impl Daemon {
-    /// Starts nodeportd on `manifests` with a free admin port on 127.0.0.1 and `extra` args
+    /// Starts nodeportd on `manifests` with free metrics and health ports on 127.0.0.1 (health
+    /// where `extra` gives `--healthz-bind-address`) and `extra` args
     /// (`--node-name` defaults to [`NODE`] unless given), and waits until /readyz is 200.
     pub fn start(manifests: &Path, extra: &[&str]) -> Daemon {
         let mut last = String::new();
@@ -93,8 +97,21 @@ impl Daemon {
         cmd.arg("run")
             .arg("--manifests")
             .arg(manifests)
-            .arg("--admin-address")
+            .arg("--metrics-bind-address")
             .arg(admin.to_string());
+        // Health on loopback too unless the test puts it somewhere (never the 0.0.0.0:10256
+        // default: tests run side by side).
+        let health = match extra.iter().position(|a| *a == "--healthz-bind-address") {
+            Some(i) => extra
+                .get(i + 1)
+                .and_then(|a| a.parse().ok())
+                .ok_or("--healthz-bind-address needs an address")?,
+            None => {
+                let h = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
+                cmd.arg("--healthz-bind-address").arg(h.to_string());
+                h
+            }
+        };
         if !extra.contains(&"--node-name") {
             cmd.args(["--node-name", NODE]);
         }
@@ -114,6 +131,7 @@ impl Daemon {
         let mut d = Daemon {
             child,
             admin,
+            health,
             log_path,
             status: None,
             _logs: logs,
@@ -143,9 +161,14 @@ impl Daemon {
         self.status
     }
 
-    /// Admin server address.
+    /// Metrics server address (/metrics, /conntrack and the health routes).
     pub fn admin(&self) -> SocketAddr {
         self.admin
+    }
+
+    /// Health server address (/healthz, /livez, /readyz).
+    pub fn health(&self) -> SocketAddr {
+        self.health
     }
 
     /// Process id.
@@ -194,11 +217,11 @@ impl Daemon {
             .unwrap_or_else(|e| panic!("/conntrack is not JSON ({e}): {body}"))
     }
 
-    /// `nodeportd conntrack --admin-address ADDR [args]`: its output.
+    /// `nodeportd conntrack --metrics-bind-address ADDR [args]`: its output.
     pub fn conntrack_cli(&self, args: &[&str]) -> Output {
         let mut cmd = Command::new(binary());
         cmd.arg("conntrack")
-            .arg("--admin-address")
+            .arg("--metrics-bind-address")
             .arg(self.admin.to_string())
             .args(args)
             .stdin(Stdio::null());

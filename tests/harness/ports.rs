@@ -1,10 +1,21 @@
-//! Ports for a test: nodePorts no other test of the process holds, free and dead (bound, not
-//! listening) TCP ports, and whether IPv6 loopback works here.
+//! Ports for a test: nodePorts no other test holds (of this process or any other that uses
+//! this harness), free and dead (bound, not listening) TCP ports, and whether IPv6 loopback
+//! works here.
+//!
+//! A nodePort cannot be held by a socket while the daemon binds it (its UDP sockets have no
+//! SO_REUSEADDR/SO_REUSEPORT), so it is reserved instead: an exclusive `flock` on a file per
+//! port in a shared directory, held until the test process exits. Another test process (this
+//! worktree or another one on the machine, which raced for the same "free" port before)
+//! skips a port whose lock is held. 30000-32767 is below the kernel's ephemeral range here
+//! (32768-60999), so no outgoing connection takes a reserved port meanwhile.
 
+use std::fs::File;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
 
 use crate::clients::sockaddr;
 
@@ -28,8 +39,32 @@ fn port_is_free(port: u16) -> bool {
     ok
 }
 
-/// A nodePort (30000-32767) no other test of this process was given and that is free on
-/// loopback (TCP and UDP, both families) right now. Processes start at different offsets.
+/// Where nodePort reservations are kept (shared by every test process on the machine).
+fn reservations() -> PathBuf {
+    std::env::temp_dir().join("nodeportd-e2e-ports")
+}
+
+/// The reservation locks this process holds (released when it exits).
+static HELD: Mutex<Vec<File>> = Mutex::new(Vec::new());
+
+/// Reserves `port` for this process: false when another process holds it.
+fn reserve(port: u16) -> bool {
+    let dir = reservations();
+    let _ = std::fs::create_dir_all(&dir);
+    let Ok(f) = File::create(dir.join(format!("{port}.lock"))) else {
+        return false;
+    };
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return false;
+    }
+    HELD.lock().unwrap_or_else(|p| p.into_inner()).push(f);
+    true
+}
+
+/// A nodePort (30000-32767) reserved for this test process (no other test of any process
+/// that uses this harness is given it) and free on loopback (TCP and UDP, both families)
+/// when reserved. Processes start at different offsets.
 pub fn node_port() -> u16 {
     const LO: u32 = 30000;
     const SPAN: u32 = 32767 - 30000 + 1;
@@ -43,7 +78,7 @@ pub fn node_port() -> u16 {
     for _ in 0..SPAN {
         let n = NEXT.fetch_add(1, Ordering::SeqCst) % SPAN;
         let port = (LO + n) as u16;
-        if port_is_free(port) {
+        if reserve(port) && port_is_free(port) {
             return port;
         }
     }

@@ -1,4 +1,8 @@
-//! Admin HTTP server (tokio + axum): /healthz, /livez, /readyz, /metrics, /conntrack.
+//! Admin HTTP servers (tokio + axum), split as kube-proxy splits them: health (/healthz,
+//! /livez, /readyz) on the address load balancers and probes reach (`--healthz-bind-address`,
+//! default 0.0.0.0:10256), and /metrics and /conntrack (the client address of every flow)
+//! with the health routes on `--metrics-bind-address` (default 127.0.0.1:10249). The same
+//! address for both serves every route on one listener.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,15 +28,23 @@ pub struct AdminState {
     pub conntrack: ConntrackReader,
 }
 
-/// The admin routes.
-pub fn router(state: AdminState) -> Router {
+/// The health routes: what the health address serves.
+pub fn health_router(state: AdminState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/conntrack", get(conntrack))
         .with_state(state)
+}
+
+/// Every route: what the metrics address serves (health too, as kube-proxy's does).
+pub fn router(state: AdminState) -> Router {
+    health_router(state.clone()).merge(
+        Router::new()
+            .route("/metrics", get(metrics))
+            .route("/conntrack", get(conntrack))
+            .with_state(state),
+    )
 }
 
 async fn readyz(State(s): State<AdminState>) -> Response {
@@ -66,18 +78,50 @@ async fn conntrack(State(s): State<AdminState>) -> Response {
     }
 }
 
-/// Binds the admin address (errors name it) and serves until `stop` resolves.
+/// The two admin addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Addresses {
+    /// /healthz, /livez, /readyz.
+    pub health: SocketAddr,
+    /// /metrics, /conntrack (and the health routes).
+    pub metrics: SocketAddr,
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot bind {what} address {addr}: {e}"))
+}
+
+/// Binds both addresses (errors name the one that failed) and serves until `stop` resolves.
 pub async fn serve(
-    addr: SocketAddr,
+    addrs: Addresses,
     state: AdminState,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot bind admin address {addr}: {e}"))?;
-    tracing::info!(%addr, "admin server listening");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(stop)
-        .await?;
+    let metrics = bind(addrs.metrics, "metrics").await?;
+    let health = if addrs.health == addrs.metrics {
+        None
+    } else {
+        Some(bind(addrs.health, "healthz").await?)
+    };
+    tracing::info!(health = %addrs.health, metrics = %addrs.metrics, "admin servers listening");
+    let (tx, rx) = tokio::sync::watch::channel(());
+    tokio::spawn(async move {
+        stop.await;
+        let _ = tx.send(());
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<()>| async move {
+        let _ = rx.changed().await;
+    };
+    let all =
+        axum::serve(metrics, router(state.clone())).with_graceful_shutdown(stopped(rx.clone()));
+    match health {
+        None => all.await?,
+        Some(h) => {
+            let probes = axum::serve(h, health_router(state)).with_graceful_shutdown(stopped(rx));
+            tokio::try_join!(async { all.await }, async { probes.await })?;
+        }
+    }
     Ok(())
 }

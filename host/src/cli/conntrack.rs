@@ -1,4 +1,4 @@
-//! `nodeportd conntrack`: reads /conntrack from a running daemon's admin server.
+//! `nodeportd conntrack`: reads /conntrack from a running daemon's metrics server.
 
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
@@ -12,7 +12,7 @@ pub fn run(args: ConntrackArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let body = rt.block_on(fetch(args.admin_address))?;
+    let body = rt.block_on(fetch(args.metrics_bind_address))?;
     if args.json {
         println!("{body}");
         return Ok(());
@@ -30,9 +30,9 @@ pub fn run(args: ConntrackArgs) -> anyhow::Result<()> {
 }
 
 async fn fetch(addr: std::net::SocketAddr) -> anyhow::Result<String> {
-    let stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot reach the admin server at {addr}: {e}"))?;
+    let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| {
+        anyhow::anyhow!("cannot reach the metrics server at {addr} (--metrics-bind-address): {e}")
+    })?;
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     let req = hyper::Request::get("/conntrack")
@@ -43,7 +43,7 @@ async fn fetch(addr: std::net::SocketAddr) -> anyhow::Result<String> {
     let body = res.into_body().collect().await?.to_bytes();
     let text = String::from_utf8_lossy(&body).into_owned();
     if !status.is_success() {
-        anyhow::bail!("admin server at {addr} answered {status}: {text}");
+        anyhow::bail!("metrics server at {addr} answered {status}: {text}");
     }
     Ok(text)
 }

@@ -167,9 +167,18 @@ pub struct RunArgs {
     /// Allowed nodePort range.
     #[arg(long, default_value = "30000-32767", value_parser = parse_range)]
     pub nodeport_range: (u16, u16),
-    /// Admin server address (probes, /metrics, /conntrack).
-    #[arg(long, default_value = "127.0.0.1:10256")]
-    pub admin_address: SocketAddr,
+    /// Health server address (/healthz, /livez, /readyz), where load balancers and probes
+    /// reach it (kube-proxy's flag and default).
+    #[arg(long, default_value = "0.0.0.0:10256")]
+    pub healthz_bind_address: SocketAddr,
+    /// Metrics server address (/metrics, /conntrack with every flow's client address, and the
+    /// health routes): loopback by default, as kube-proxy's.
+    #[arg(long, default_value = "127.0.0.1:10249")]
+    pub metrics_bind_address: SocketAddr,
+    /// Deprecated: serves health, /metrics and /conntrack on this one address (overrides
+    /// both flags above). Use --healthz-bind-address and --metrics-bind-address.
+    #[arg(long, hide = true)]
+    pub admin_address: Option<SocketAddr>,
     /// Worker threads (default: one per core).
     #[arg(long)]
     pub workers: Option<usize>,
@@ -218,10 +227,32 @@ pub struct RunArgs {
 /// `nodeportd conntrack`.
 #[derive(Args, Debug)]
 pub struct ConntrackArgs {
-    /// Admin address of the running daemon.
-    #[arg(long, default_value = "127.0.0.1:10256")]
-    pub admin_address: SocketAddr,
+    /// Metrics address of the running daemon (its --metrics-bind-address).
+    #[arg(long, alias = "admin-address", default_value = "127.0.0.1:10249")]
+    pub metrics_bind_address: SocketAddr,
     /// Print JSON instead of lines.
     #[arg(long)]
     pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_is_served_where_load_balancers_reach_it_and_metrics_on_loopback_by_default() {
+        let args = ["nodeportd", "run", "--manifests", "/m", "--node-name", "n"];
+        let cli = Cli::try_parse_from(args).expect("parse");
+        let Command::Run(run) = cli.command else {
+            panic!("run");
+        };
+        assert_eq!(run.healthz_bind_address.to_string(), "0.0.0.0:10256");
+        assert_eq!(run.metrics_bind_address.to_string(), "127.0.0.1:10249");
+        assert_eq!(run.admin_address, None);
+        let cli = Cli::try_parse_from(["nodeportd", "conntrack"]).expect("parse");
+        let Command::Conntrack(ct) = cli.command else {
+            panic!("conntrack");
+        };
+        assert_eq!(ct.metrics_bind_address.to_string(), "127.0.0.1:10249");
+    }
 }

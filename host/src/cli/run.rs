@@ -107,6 +107,19 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         zone: args.node_zone.clone(),
     };
     let store = Store::new(args.nodeport_range.0..=args.nodeport_range.1, node);
+    let addrs = match args.admin_address {
+        Some(one) => {
+            tracing::warn!(address = %one, "--admin-address is deprecated: it serves /metrics and /conntrack beside health; use --healthz-bind-address and --metrics-bind-address");
+            server::Addresses {
+                health: one,
+                metrics: one,
+            }
+        }
+        None => server::Addresses {
+            health: args.healthz_bind_address,
+            metrics: args.metrics_bind_address,
+        },
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -118,14 +131,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let (tx, rx) = crossbeam_channel::unbounded::<Event>();
     let mut sync = Sync::new(store, dataplane, metrics.clone(), ready).with_health(health);
-    let mut _plugin_watch = None;
     if let (Some(rt), Some(dir)) = (plugin_runtime, &args.plugin_dir) {
-        let directory = crate::plugin::Directory::new(rt, dir.clone(), metrics);
-        _plugin_watch = Some(
-            directory
-                .watch(tx.clone(), || Event::PluginsChanged)
-                .with_context(|| format!("cannot watch --plugin-dir {}", dir.display()))?,
-        );
+        let probed = tx.clone();
+        let probed = Arc::new(move || {
+            let _ = probed.send(Event::PluginsChanged);
+        });
+        let directory = crate::plugin::Directory::new(rt, dir.clone(), metrics, probed)
+            .context("cannot start the plugin probe threads")?;
+        directory
+            .watch(tx.clone(), || Event::PluginsChanged)
+            .with_context(|| format!("cannot watch --plugin-dir {}", dir.display()))?;
         sync = sync.with_plugins(directory);
     }
     let sync_thread = std::thread::Builder::new()
@@ -133,10 +148,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .spawn(move || sync.run(rx))?;
     runtime.block_on(async move {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let admin_task = tokio::spawn(server::serve(args.admin_address, admin, async {
+        let admin_task = tokio::spawn(server::serve(addrs, admin, async {
             let _ = stop_rx.await;
         }));
-        // Sources start once the admin address is ours, so a taken admin port fails fast.
+        // Sources start once the admin addresses are ours, so a taken admin port fails fast.
         tokio::task::yield_now().await;
         if admin_task.is_finished() {
             let _ = tx.send(Event::Shutdown(std::time::Duration::ZERO));

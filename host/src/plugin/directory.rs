@@ -1,7 +1,9 @@
 //! The plugin directory (`--plugin-dir`): plugins are found by name as `<name>.wasm`, loaded
 //! on first use, and reloaded when their file changes. It also resolves a Service port's
-//! annotated chain into a [`Chain`], checking each plugin's `configure` on a probe instance
-//! first so a refused config never reaches the workers.
+//! annotated chain into a [`Chain`], once each plugin's `configure` accepted the port's
+//! config on a probe instance ([`super::probe`]: on probe threads, outcomes remembered per
+//! plugin digest and config), so a refused config never reaches the workers and a plugin
+//! whose `configure` hangs never holds up the control plane.
 //!
 //! A plugin that fails to (re)load leaves every Service on what it had: the previous version
 //! of that plugin, or the native default if there was none. The reason is logged and counted.
@@ -12,11 +14,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crossbeam_channel::Sender;
-use notify::{RecursiveMode, Watcher};
 
 use super::chain::{Chain, Link};
 use super::contract::Plugin;
-use super::instance::Instance;
+use super::probe::{Checked, Prober};
 use super::runtime::Runtime;
 use super::wire;
 use crate::metrics::Metrics;
@@ -35,6 +36,16 @@ struct Entry {
     error: Option<String>,
 }
 
+/// Why a frontend's chain cannot be built now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unresolved {
+    /// A probe of one of its configs is running: the frontend keeps what it runs until the
+    /// probe's result comes in (the `probed` callback of [`Directory::new`]).
+    Pending,
+    /// A plugin is missing, does not load, refused its config or failed in `configure`.
+    Refused(String),
+}
+
 /// Loaded plugins by name.
 pub struct Directory {
     runtime: Arc<Runtime>,
@@ -42,18 +53,37 @@ pub struct Directory {
     metrics: Arc<Metrics>,
     entries: HashMap<String, Entry>,
     next_handle: u32,
+    prober: Prober,
 }
 
 impl Directory {
-    /// A directory of plugins; nothing is read until a Service names a plugin.
-    pub fn new(runtime: Arc<Runtime>, dir: PathBuf, metrics: Arc<Metrics>) -> Self {
-        Self {
+    /// A directory of plugins; nothing is read until a Service names a plugin. Starts the
+    /// probe threads; `probed` is called (on one of them) after each probe's result.
+    pub fn new(
+        runtime: Arc<Runtime>,
+        dir: PathBuf,
+        metrics: Arc<Metrics>,
+        probed: Arc<dyn Fn() + Send + Sync>,
+    ) -> std::io::Result<Self> {
+        Ok(Self {
+            prober: Prober::start(runtime.clone(), probed)?,
             runtime,
             dir,
             metrics,
             entries: HashMap::new(),
             next_handle: 0,
-        }
+        })
+    }
+
+    /// Whether a failed probe's backoff is over: the frontends waiting on it should be
+    /// resolved again.
+    pub fn retry_due(&mut self) -> bool {
+        self.prober.retry_due()
+    }
+
+    /// Waits, at most `bound`, until no probe runs; false when some still does.
+    pub fn wait_probes(&mut self, bound: Duration) -> bool {
+        self.prober.wait_idle(bound)
     }
 
     /// The runtime plugins are loaded with.
@@ -139,28 +169,48 @@ impl Directory {
             .values()
             .filter_map(|e| e.good.as_ref().map(|p| p.digest.clone()))
             .collect();
-        self.runtime
-            .retain_compiled(&live.iter().map(String::as_str).collect::<Vec<_>>());
+        let live: Vec<&str> = live.iter().map(String::as_str).collect();
+        self.runtime.retain_compiled(&live);
+        self.prober.retain(&live);
         changed
     }
 
     /// The chain a frontend's annotations ask for. `previous` is reused when nothing but the
-    /// endpoints changed, so plugins keep their per-Service state. Err names the plugin and
-    /// why it cannot serve this Service (not found, not loadable, config refused).
+    /// endpoints changed, so plugins keep their per-Service state. Never waits for a probe:
+    /// `Pending` while one runs; `Refused` names the plugin and why it cannot serve this
+    /// Service (not found, not loadable, config refused, `configure` failed).
     pub fn resolve(
         &mut self,
         fe: &Frontend,
         previous: Option<&Arc<Chain>>,
-    ) -> Result<Option<Arc<Chain>>, String> {
+    ) -> Result<Option<Arc<Chain>>, Unresolved> {
         let Some(spec) = &fe.plugins else {
             return Ok(None);
         };
         let mut plugins = Vec::with_capacity(spec.chain.len());
         for r in &spec.chain {
-            plugins.push((self.get(&r.name)?, r.config.as_str()));
+            let plugin = self.get(&r.name).map_err(Unresolved::Refused)?;
+            plugins.push((plugin, r.config.as_str()));
         }
         if let Some(prev) = previous.filter(|p| p.serves(fe, &plugins, spec.failure_policy)) {
             return Ok(Some(prev.clone()));
+        }
+        let mut pending = false;
+        for (plugin, config) in &plugins {
+            let services = || {
+                fe.families
+                    .iter()
+                    .map(|f| wire::probe_service(fe, *f))
+                    .collect()
+            };
+            match self.prober.check(plugin, config, services) {
+                Checked::Accepted => {}
+                Checked::Pending => pending = true,
+                Checked::Rejected(e) => return Err(Unresolved::Refused(e)),
+            }
+        }
+        if pending {
+            return Err(Unresolved::Pending);
         }
         let handle = self.next_handle;
         self.next_handle = self.next_handle.wrapping_add(2);
@@ -172,52 +222,57 @@ impl Directory {
                 config: config.to_string(),
             })
             .collect();
-        let chain = Chain::new(fe, links, spec.failure_policy, handle);
-        for link in &chain.links {
-            let name = &link.plugin.name;
-            let mut probe = Instance::new(&self.runtime, &link.plugin, usize::MAX, 0)
-                .map_err(|f| format!("plugin {name}: cannot instantiate: {f}"))?;
-            for family in &fe.families {
-                match probe.configure(&wire::service(&chain, *family), &link.config) {
-                    Ok(Ok(())) => {}
-                    Ok(Err(msg)) => {
-                        return Err(format!(
-                            "plugin {name} refused its config {:?}: {msg}",
-                            link.config
-                        ))
-                    }
-                    Err(f) => return Err(format!("plugin {name} failed in configure: {f}")),
-                }
-            }
-        }
-        Ok(Some(Arc::new(chain)))
+        Ok(Some(Arc::new(Chain::new(
+            fe,
+            links,
+            spec.failure_policy,
+            handle,
+        ))))
     }
 
-    /// Watches the directory and sends `event()` (once per burst of changes) to `tx` until
-    /// the receiver is gone. The watcher lives as long as the returned handle.
-    pub fn watch<E: Send + 'static>(
-        &self,
-        tx: Sender<E>,
-        event: fn() -> E,
-    ) -> notify::Result<notify::RecommendedWatcher> {
-        let (raw_tx, raw_rx) = crossbeam_channel::unbounded::<()>();
-        let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-            if ev.is_ok() {
-                let _ = raw_tx.send(());
+    /// [`Directory::resolve`], waiting (at most `bound`) for the probes it starts: for tools,
+    /// tests and benchmarks that resolve one chain at a time, never for the control plane.
+    pub fn resolve_wait(
+        &mut self,
+        fe: &Frontend,
+        previous: Option<&Arc<Chain>>,
+        bound: Duration,
+    ) -> Result<Option<Arc<Chain>>, Unresolved> {
+        match self.resolve(fe, previous) {
+            Err(Unresolved::Pending) => {
+                self.wait_probes(bound);
+                self.resolve(fe, previous)
             }
-        })?;
-        watcher.watch(&self.dir, RecursiveMode::NonRecursive)?;
+            other => other,
+        }
+    }
+
+    /// Watches the directory for content changes ([`crate::fswatch`]: never opens or reads)
+    /// and sends `event()` once per burst (any entry: a ConfigMap volume's `..data` swap
+    /// changes every plugin behind it; a re-read compares file stamps only) to `tx`, from a thread of its own, until the
+    /// receiver is gone. Fails when the directory cannot be watched.
+    pub fn watch<E: Send + 'static>(&self, tx: Sender<E>, event: fn() -> E) -> std::io::Result<()> {
+        let mut watch = crate::fswatch::DirWatch::new(&self.dir)?;
+        let dir = self.dir.clone();
         std::thread::Builder::new()
             .name("plugin-watch".into())
-            .spawn(move || {
-                while raw_rx.recv().is_ok() {
-                    while raw_rx.recv_timeout(SETTLE).is_ok() {}
-                    if tx.send(event()).is_err() {
+            .spawn(move || loop {
+                match watch.next(SETTLE) {
+                    Ok(b) if b.gone => {
+                        tracing::error!(dir = %dir.display(), "--plugin-dir removed or moved; plugins in use stay loaded");
+                        return;
+                    }
+                    Ok(_) => {
+                        if tx.send(event()).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(dir = %dir.display(), error = %e, "--plugin-dir no longer watched");
                         return;
                     }
                 }
-            })
-            .map_err(notify::Error::io)?;
-        Ok(watcher)
+            })?;
+        Ok(())
     }
 }

@@ -9,6 +9,7 @@
 //! - [`contract`]: checking a component, its pre-instantiated template, a trial instance.
 //! - [`wire`]: every conversion between model types and WIT types (flow record, endpoints).
 //! - [`directory`]: plugins by name from `--plugin-dir`, reloads, chain resolution.
+//! - [`probe`]: `configure` probes of Service configs on probe threads, outcomes remembered.
 //! - [`chain`]: a Service port's resolved chain, carried in the route to workers.
 //! - [`host_state`]: what an instance's store carries (memory limiter, log budget, random).
 //! - [`instance`]: one live instance and its typed calls.
@@ -25,13 +26,14 @@ pub mod failure;
 pub mod host_state;
 pub mod instance;
 pub mod loader;
+pub mod probe;
 pub mod runtime;
 pub mod wire;
 pub mod worker_instances;
 
 pub use chain::Chain;
 pub use contract::{Plugin, Roles};
-pub use directory::Directory;
+pub use directory::{Directory, Unresolved};
 pub use failure::{Failure, FailureKind};
 pub use instance::Instance;
 pub use runtime::{Runtime, RuntimeConfig};

@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 
 pub use super::bindings::types;
 use super::chain::Chain;
-use crate::model::{Backend, Family, Protocol};
+use crate::model::{Backend, Family, Frontend, Protocol, TrafficPolicy};
 
 /// The WIT protocol of a model protocol.
 pub fn protocol(p: Protocol) -> types::Protocol {
@@ -57,6 +57,21 @@ pub fn service(chain: &Chain, family: Family) -> types::Service {
         protocol: protocol(chain.protocol),
         ipv6: family == Family::V6,
         local_traffic_policy: chain.local,
+    }
+}
+
+/// What a probe's `configure` is told about one address family of `fe` (handles 0 and 1 of
+/// a fresh probe instance): the same identity [`service`] gives the workers.
+pub fn probe_service(fe: &Frontend, family: Family) -> types::Service {
+    types::Service {
+        handle: u32::from(family == Family::V6),
+        namespace: fe.service.namespace.clone(),
+        name: fe.service.name.clone(),
+        port_name: fe.port_name.clone(),
+        node_port: fe.key.node_port,
+        protocol: protocol(fe.key.protocol),
+        ipv6: family == Family::V6,
+        local_traffic_policy: fe.policy == TrafficPolicy::Local,
     }
 }
 

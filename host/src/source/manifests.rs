@@ -1,18 +1,20 @@
-//! A directory of Kubernetes manifests (multi-document YAML or JSON) as a source. A change to
-//! manifest files re-reads just those files after a short quiet period; any other change in
-//! the directory (a ConfigMap volume's symlink swap, a rename from a temporary name) rescans
-//! it. Either way only files whose content changed are parsed and sent.
+//! A directory of Kubernetes manifests (multi-document YAML or JSON) as a source. It is
+//! watched for content changes only ([`crate::fswatch`]: never opens, reads or attributes, so
+//! an idle daemon reads nothing). A change to manifest files re-reads just those files after
+//! a short quiet period; a ConfigMap volume's symlink swap (`..data`, its `..<timestamp>`
+//! directories), any directory change or lost events rescan it. Other files (an editor's
+//! swap file, a `.tmp` written before a rename) are ignored: the rename names the manifest.
+//! Either way only files whose content changed are parsed and sent.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crossbeam_channel::Receiver;
-use notify::{RecursiveMode, Watcher};
 use serde::Deserialize;
 
 use super::{Sink, Source, SourceEvent};
+use crate::fswatch::{Burst, DirWatch};
 use crate::model::store::Object;
 
 /// Quiet time after the last change before files are read: coalesces an editor's or a
@@ -94,6 +96,19 @@ fn digest(bytes: &[u8]) -> u64 {
     h.finish()
 }
 
+/// Whether a burst of changes needs the whole directory read again: events were lost, a
+/// directory changed, or a ConfigMap volume swapped its `..data` link (its files are links
+/// through it, so every one of them may have changed).
+fn needs_rescan(burst: &Burst) -> bool {
+    burst.overflow
+        || burst.dirs
+        || burst.paths.iter().any(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(".."))
+        })
+}
+
 /// A directory of manifests as a `Source`: a thread watches it and sends every manifest
 /// file's objects (its origin is the file's path); the first scan is complete when
 /// `SourceEvent::Synced` is sent.
@@ -112,16 +127,9 @@ impl Source for ManifestDir {
     /// Starts the watcher thread. Fails when the directory cannot be watched.
     fn start(self: Box<Self>, sink: Sink) -> anyhow::Result<()> {
         let dir = self.dir;
-        let (ntx, nrx) = crossbeam_channel::unbounded();
-        let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-            // An error (queue overflow) is an empty list: it forces a full rescan.
-            let _ = ntx.send(ev.map(|e| e.paths).unwrap_or_default());
+        let watch = DirWatch::new(&dir).map_err(|e| {
+            anyhow::anyhow!("cannot watch manifest directory {}: {e}", dir.display())
         })?;
-        watcher
-            .watch(&dir, RecursiveMode::NonRecursive)
-            .map_err(|e| {
-                anyhow::anyhow!("cannot watch manifest directory {}: {e}", dir.display())
-            })?;
         let mut reader = Reader {
             dir,
             seen: HashMap::new(),
@@ -131,12 +139,11 @@ impl Source for ManifestDir {
         std::thread::Builder::new()
             .name("nodeportd-manifests".into())
             .spawn(move || {
-                let _watcher = watcher; // lives as long as the thread
                 reader.scan();
                 if !reader.sink.send(SourceEvent::Synced) {
                     return;
                 }
-                reader.watch(nrx);
+                reader.watch(watch);
             })?;
         Ok(())
     }
@@ -151,24 +158,27 @@ struct Reader {
 }
 
 impl Reader {
-    fn watch(&mut self, changes: Receiver<Vec<PathBuf>>) {
-        while let Ok(first) = changes.recv() {
-            let mut paths = first;
-            let mut full = paths.is_empty();
-            // Let a burst of writes (editors, kubectl cp, symlink swaps) settle.
-            while let Ok(more) = changes.recv_timeout(SETTLE) {
-                full |= more.is_empty();
-                paths.extend(more);
+    fn watch(&mut self, mut watch: DirWatch) {
+        loop {
+            let burst = match watch.next(SETTLE) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(dir = %self.dir.display(), error = %e, "manifest directory no longer watched; its last objects stay in force");
+                    return;
+                }
+            };
+            if burst.gone {
+                tracing::error!(dir = %self.dir.display(), "manifest directory removed or moved; its last objects stay in force");
+                return;
             }
-            full |= paths
-                .iter()
-                .any(|p| !is_manifest(p) || p.parent() != Some(self.dir.as_path()));
-            let alive = if full {
+            let alive = if needs_rescan(&burst) {
                 self.scan()
             } else {
-                paths.sort();
-                paths.dedup();
-                paths.iter().all(|p| self.refresh(p))
+                burst
+                    .paths
+                    .iter()
+                    .filter(|p| is_manifest(p))
+                    .all(|p| self.refresh(p))
             };
             if !alive {
                 return;
@@ -318,6 +328,66 @@ items:
             next(),
             crate::sync::Event::Source(SourceEvent::Synced)
         ));
+    }
+
+    #[test]
+    fn configmap_swaps_directories_and_lost_events_rescan_and_other_files_do_not() {
+        let burst = |names: &[&str]| Burst {
+            paths: names.iter().map(|n| Path::new("/m").join(n)).collect(),
+            ..Burst::default()
+        };
+        assert!(needs_rescan(&burst(&["..data"])));
+        assert!(needs_rescan(&burst(&["..data_tmp", "web.yaml"])));
+        assert!(!needs_rescan(&burst(&["web.yaml", "db.yml"])));
+        assert!(!needs_rescan(&burst(&[".web.yaml.swp", "notes.txt"])));
+        assert!(needs_rescan(&Burst {
+            overflow: true,
+            ..Burst::default()
+        }));
+        assert!(needs_rescan(&Burst {
+            dirs: true,
+            ..burst(&["sub"])
+        }));
+    }
+
+    #[test]
+    fn a_configmap_volume_swap_sends_the_swapped_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let svc = |port: u16| {
+            format!("apiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec: {{type: NodePort, ports: [{{port: 80, nodePort: {port}}}]}}\n")
+        };
+        // A ConfigMap volume: web.yaml -> ..data/web.yaml, ..data -> ..ts1
+        let ts1 = dir.path().join("..ts1");
+        std::fs::create_dir(&ts1).expect("mkdir");
+        std::fs::write(ts1.join("web.yaml"), svc(30080)).expect("write");
+        std::os::unix::fs::symlink("..ts1", dir.path().join("..data")).expect("link");
+        std::os::unix::fs::symlink("..data/web.yaml", dir.path().join("web.yaml")).expect("link");
+        let (tx, rx) = crossbeam_channel::unbounded();
+        Box::new(ManifestDir::new(dir.path().to_path_buf()))
+            .start(Sink::new(tx))
+            .expect("start");
+        let next = |t| rx.recv_timeout(Duration::from_millis(t));
+        assert!(matches!(
+            next(10_000),
+            Ok(crate::sync::Event::Source(SourceEvent::Objects { .. }))
+        ));
+        assert!(matches!(
+            next(10_000),
+            Ok(crate::sync::Event::Source(SourceEvent::Synced))
+        ));
+        // The swap: a new data directory, ..data_tmp renamed over ..data.
+        let ts2 = dir.path().join("..ts2");
+        std::fs::create_dir(&ts2).expect("mkdir");
+        std::fs::write(ts2.join("web.yaml"), svc(30081)).expect("write");
+        std::os::unix::fs::symlink("..ts2", dir.path().join("..data_tmp")).expect("link");
+        std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).expect("swap");
+        match next(10_000) {
+            Ok(crate::sync::Event::Source(SourceEvent::Objects { origin, objects })) => {
+                assert!(origin.ends_with("web.yaml"), "{origin}");
+                assert_eq!(objects.len(), 1);
+            }
+            _ => panic!("expected the swapped file's objects"),
+        }
     }
 
     #[test]

@@ -1,16 +1,20 @@
 //! Plugin chains: resolves the chain each frontend's annotations ask for against the plugin
 //! directory. When that fails (a plugin that does not load, a refused config, no
-//! `--plugin-dir`), the frontend keeps the chain it runs now and the reason is logged once.
+//! `--plugin-dir`), the frontend keeps the chain it runs now and the reason is logged once;
+//! while a probe of its config runs, it keeps that chain too (the previous one, or the native
+//! default for a new frontend) and is resolved again when the probe's result comes in
+//! (`Event::PluginsChanged`). Metric series are the dataplane's to forget.
 //!
 //! The chain a frontend runs now is the dataplane's (`Dataplane::chain`); this module keeps
 //! only what the dataplane cannot know: why a frontend does not run what it asks for.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::metrics::Metrics;
 use crate::model::{Frontend, FrontendKey, ServiceKey};
-use crate::plugin::{Chain, Directory};
+use crate::plugin::{Chain, Directory, Unresolved};
 
 /// Resolves chains and remembers the refusals.
 pub struct Chains {
@@ -19,6 +23,8 @@ pub struct Chains {
     directory: Option<Directory>,
     /// Why a frontend does not run the chain its annotations ask for (logged once).
     errors: HashMap<FrontendKey, String>,
+    /// Frontends waiting for a probe of their config.
+    pending: HashSet<FrontendKey>,
 }
 
 impl Chains {
@@ -28,6 +34,7 @@ impl Chains {
             metrics,
             directory: None,
             errors: HashMap::new(),
+            pending: HashSet::new(),
         }
     }
 
@@ -42,10 +49,33 @@ impl Chains {
         self.directory.as_mut().map(Directory::refresh)
     }
 
+    /// Whether a failed probe's backoff is over (the frontends it refused should be resolved
+    /// again).
+    pub fn retry_due(&mut self) -> bool {
+        self.directory.as_mut().is_some_and(Directory::retry_due)
+    }
+
+    /// Waits, at most `bound`, until no probe runs; true when some frontend waited for one
+    /// (it should then be resolved again). Only for the initial sync, before readiness: a
+    /// Service's plugins are then in force once the daemon reports ready.
+    pub fn settle_probes(&mut self, bound: Duration) -> bool {
+        if let Some(dir) = &mut self.directory {
+            if !dir.wait_probes(bound) {
+                tracing::warn!(
+                    ?bound,
+                    "plugin config probes still running; their Services are resolved when they end"
+                );
+            }
+        }
+        !self.pending.is_empty()
+    }
+
     /// Whether `fe` must be resolved again after `changed` plugins changed: it names one of
-    /// them, or it does not run what it asks for (the change may be what it waits for).
+    /// them, it waits for a probe, or it does not run what it asks for (the change may be
+    /// what it waits for).
     pub fn needs_resolve(&self, fe: &Frontend, changed: &[String]) -> bool {
-        self.errors.contains_key(&fe.key)
+        self.pending.contains(&fe.key)
+            || self.errors.contains_key(&fe.key)
             || fe
                 .plugins
                 .as_ref()
@@ -62,11 +92,16 @@ impl Chains {
     ) -> Option<Arc<Chain>> {
         let wanted = match (&fe.plugins, &mut self.directory) {
             (None, _) => Ok(None),
-            (Some(_), None) => {
-                Err("it names plugins but nodeportd runs without --plugin-dir".to_string())
-            }
+            (Some(_), None) => Err(Unresolved::Refused(
+                "it names plugins but nodeportd runs without --plugin-dir".to_string(),
+            )),
             (Some(_), Some(dir)) => dir.resolve(fe, previous),
         };
+        if matches!(wanted, Err(Unresolved::Pending)) {
+            self.pending.insert(fe.key);
+            return previous.cloned();
+        }
+        self.pending.remove(&fe.key);
         match wanted {
             Ok(chain) => {
                 if self.errors.remove(&fe.key).is_some() {
@@ -74,7 +109,8 @@ impl Chains {
                 }
                 chain
             }
-            Err(e) => {
+            Err(Unresolved::Pending) => previous.cloned(),
+            Err(Unresolved::Refused(e)) => {
                 if self.errors.get(&fe.key) != Some(&e) {
                     self.report(service, fe, &e, previous);
                     self.errors.insert(fe.key, e);
@@ -103,6 +139,7 @@ impl Chains {
     /// `fe` is gone: forgets why it did not run its chain (the dataplane forgets its series).
     pub fn removed(&mut self, fe: &Frontend) {
         self.errors.remove(&fe.key);
+        self.pending.remove(&fe.key);
     }
 }
 

@@ -35,6 +35,8 @@ use health_ports::HealthPorts;
 
 /// How often Services whose ports could not be bound are tried again.
 const RETRY_EVERY: Duration = Duration::from_secs(5);
+/// How long the initial sync waits for plugin config probes before it reports ready.
+const INITIAL_PROBES: Duration = Duration::from_secs(10);
 
 /// What the sync loop receives.
 pub enum Event {
@@ -42,7 +44,7 @@ pub enum Event {
     Source(SourceEvent),
     /// Stop: let flows finish for this long, then return.
     Shutdown(Duration),
-    /// Something changed in the plugin directory.
+    /// Something changed in the plugin directory, or a plugin config probe ended.
     PluginsChanged,
 }
 
@@ -113,6 +115,9 @@ impl Sync {
                         tracing::error!(error = %e, "nodePort not bound on a new node address");
                     }
                     self.retry_waiting();
+                    if self.chains.retry_due() {
+                        self.plugins_changed();
+                    }
                 }
                 Err(RecvTimeoutError::Disconnected) => break Duration::ZERO,
             }
@@ -144,6 +149,9 @@ impl Sync {
                 let all = std::mem::take(&mut self.unsynced);
                 self.synced = true;
                 self.reconcile_all(all);
+                if self.chains.settle_probes(INITIAL_PROBES) {
+                    self.plugins_changed();
+                }
                 self.ready.store(true, Ordering::SeqCst);
                 tracing::info!(services = self.claims.services(), "initial sync programmed");
                 return;

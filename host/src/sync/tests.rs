@@ -1,7 +1,7 @@
-//! The sync loop against a real dataplane (one worker, 127.0.0.1, ports the kernel just
-//! handed out): conflicts, releases and endpoint changes as the daemon applies them.
+//! The sync loop against a real dataplane (one worker, 127.0.0.1, ports the kernel hands out
+//! and the test holds): conflicts, releases and endpoint changes as the daemon applies them.
 
-use std::net::TcpListener;
+use socket2::{Domain, Socket, Type};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,12 +33,28 @@ fn sync() -> Sync {
     Sync::new(store, dataplane, metrics, Arc::new(AtomicBool::new(false)))
 }
 
-/// TCP ports nobody listens on (the kernel's ephemeral choice, released again).
-fn free_ports<const N: usize>() -> [u16; N] {
-    let held: Vec<TcpListener> = (0..N)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
+/// TCP ports on 127.0.0.1 held for the test: bound (never listening) with SO_REUSEPORT, as
+/// the dataplane binds its TCP listeners, so the dataplane can still bind and listen on them
+/// while nothing else can take them (other binds fail, and no outgoing connection picks a
+/// bound port as its source port). Keep the holders alive as long as the ports are used.
+fn held_ports<const N: usize>() -> ([u16; N], Vec<Socket>) {
+    let held: Vec<Socket> = (0..N)
+        .map(|_| {
+            let s = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+            s.set_reuse_port(true).expect("SO_REUSEPORT");
+            let any: std::net::SocketAddr = "127.0.0.1:0".parse().expect("addr");
+            s.bind(&any.into()).expect("bind");
+            s
+        })
         .collect();
-    std::array::from_fn(|i| held[i].local_addr().expect("addr").port())
+    let port = |s: &Socket| {
+        s.local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .expect("bound address")
+            .port()
+    };
+    (std::array::from_fn(|i| port(&held[i])), held)
 }
 
 fn tcp(node_port: u16) -> FrontendKey {
@@ -79,7 +95,7 @@ fn owner(sync: &Sync, key: FrontendKey) -> Option<String> {
 
 #[test]
 fn conflicts_go_by_name_at_start_and_a_released_port_to_the_first_waiting_by_name() {
-    let [port] = free_ports();
+    let ([port], _held) = held_ports();
     let mut s = sync();
     // Files in the opposite of name order: "c" is read first.
     file(&mut s, "1.yaml", &service("c", port, &["198.18.0.3"]));
@@ -106,7 +122,7 @@ fn conflicts_go_by_name_at_start_and_a_released_port_to_the_first_waiting_by_nam
 
 #[test]
 fn endpoint_changes_are_applied_and_counted_and_an_unchanged_file_is_no_work() {
-    let [port, moved] = free_ports();
+    let ([port, moved], _held) = held_ports();
     let mut s = sync();
     let labels = ServiceLabels {
         service: "shop/web".into(),
