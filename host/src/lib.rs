@@ -12,6 +12,7 @@ pub mod dataplane;
 pub mod fswatch;
 pub mod metrics;
 pub mod model;
+pub mod notice;
 pub mod plugin;
 pub mod policy;
 pub mod source;

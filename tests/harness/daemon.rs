@@ -1,6 +1,7 @@
 //! The `nodeportd` process under test: finding the binary, starting it on a manifest
-//! directory, reading its admin server and log, signalling it, and killing it on drop.
+//! directory or an API server, reading its admin server and log, signalling it, and killing it on drop.
 
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
@@ -73,9 +74,18 @@ impl Daemon {
     /// where `extra` gives `--healthz-bind-address`) and `extra` args
     /// (`--node-name` defaults to [`NODE`] unless given), and waits until /readyz is 200.
     pub fn start(manifests: &Path, extra: &[&str]) -> Daemon {
+        Self::start_on(&["--manifests".as_ref(), manifests.as_os_str()], extra)
+    }
+
+    /// Like [`Daemon::start`] with the Kubernetes API as the source (`--kubeconfig`).
+    pub fn start_kube(kubeconfig: &Path, extra: &[&str]) -> Daemon {
+        Self::start_on(&["--kubeconfig".as_ref(), kubeconfig.as_os_str()], extra)
+    }
+
+    fn start_on(source: &[&OsStr], extra: &[&str]) -> Daemon {
         let mut last = String::new();
         for _ in 0..3 {
-            match Self::try_start(manifests, extra) {
+            match Self::try_start(source, extra) {
                 Ok(d) => return d,
                 // Another process may have taken the admin port between probe and bind.
                 Err(e) => last = e,
@@ -84,7 +94,7 @@ impl Daemon {
         panic!("nodeportd did not become ready: {last}");
     }
 
-    fn try_start(manifests: &Path, extra: &[&str]) -> Result<Daemon, String> {
+    fn try_start(source: &[&OsStr], extra: &[&str]) -> Result<Daemon, String> {
         let logs = tempfile::Builder::new()
             .prefix("nodeportd-e2e-log")
             .tempdir()
@@ -95,8 +105,7 @@ impl Daemon {
         let admin = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
         let mut cmd = Command::new(binary());
         cmd.arg("run")
-            .arg("--manifests")
-            .arg(manifests)
+            .args(source)
             .arg("--metrics-bind-address")
             .arg(admin.to_string());
         // Health on loopback too unless the test puts it somewhere (never the 0.0.0.0:10256

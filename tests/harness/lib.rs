@@ -9,7 +9,7 @@
 //!   `Drop`, so also when the test panics.
 //!
 //! One module per concept, everything re-exported here: `wait` (bounded waits and commands),
-//! `daemon` (the process under test), `metrics` (/metrics and /conntrack answers), `manifests`
+//! `daemon` (the process under test), `kube` (a real API server), `metrics` (/metrics and /conntrack answers), `manifests`
 //! (the directory and YAML builders), `backends` (TCP and UDP backends), `clients` (HTTP,
 //! TCP and UDP clients), `ports` (nodePorts, free and dead ports), `proxy` (the endpoint's side of PROXY v2), `netns` (network
 //! namespaces), `plugins` (built plugins, plugin directories) and `rig` (in-process plugin
@@ -18,6 +18,7 @@
 mod backends;
 mod clients;
 mod daemon;
+mod kube;
 mod manifests;
 mod metrics;
 mod netns;
@@ -35,6 +36,7 @@ pub use clients::{
     Conn,
 };
 pub use daemon::{binary, Daemon};
+pub use kube::{plugin_configmap, ApiServer, Kind, ADMIN_TOKEN, SA_TOKEN};
 pub use manifests::{
     docs, named_slices, one_tcp_service, slice, slices, Ep, Manifests, Service, SvcPort,
 };

@@ -31,7 +31,7 @@ pub struct AdminState {
 /// The health routes: what the health address serves.
 pub fn health_router(state: AdminState) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state(state)
@@ -45,6 +45,24 @@ pub fn router(state: AdminState) -> Router {
             .route("/conntrack", get(conntrack))
             .with_state(state),
     )
+}
+
+/// kube-proxy's /healthz answer: `lastUpdated` is the time up to which the source's data
+/// is known current (the last moment the API server answered; now for the manifests
+/// directory, which is always current), `currentTime` is now. Always 200: a daemon serving
+/// its last known state during an API outage is healthy, and says how stale it is.
+async fn healthz(State(s): State<AdminState>) -> Response {
+    let now = std::time::SystemTime::now();
+    let last = match s.metrics.source_last_sync.get() {
+        0 => now,
+        t => std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64),
+    };
+    Json(serde_json::json!({
+        "lastUpdated": humantime::format_rfc3339_seconds(last).to_string(),
+        "currentTime": humantime::format_rfc3339_seconds(now).to_string(),
+        "stale": now.duration_since(last).map(|d| d.as_secs()).unwrap_or(0),
+    }))
+    .into_response()
 }
 
 async fn readyz(State(s): State<AdminState>) -> Response {

@@ -152,15 +152,33 @@ fn parse_range(s: &str) -> Result<(u16, u16), String> {
 /// `nodeportd run`.
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
-    /// Directory of Kubernetes manifests (Services, EndpointSlices); watched for changes.
+    /// Standalone mode: a directory of Kubernetes manifests (Services, EndpointSlices),
+    /// watched for changes. Without it, the Kubernetes API is the source.
     #[arg(long, value_name = "DIR")]
-    pub manifests: PathBuf,
-    /// This node's name: externalTrafficPolicy Local uses endpoints with this nodeName.
-    #[arg(long, env = "NODE_NAME")]
+    pub manifests: Option<PathBuf>,
+    /// Kubeconfig file for the API server (default: KUBECONFIG, ~/.kube/config, then the
+    /// in-cluster service account).
+    #[arg(long, value_name = "FILE", conflicts_with = "manifests")]
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's name (kube-proxy's flag; --node-name is the same): externalTrafficPolicy
+    /// Local uses endpoints with this nodeName, and its Node object gives the zone.
+    #[arg(long = "hostname-override", alias = "node-name", env = "NODE_NAME")]
     pub node_name: String,
-    /// This node's zone, for topology hints.
+    /// This node's zone, for topology hints (default with the API source: the Node's
+    /// topology.kubernetes.io/zone label).
     #[arg(long, env = "NODE_ZONE")]
     pub node_zone: Option<String>,
+    /// Serve the Services whose service.kubernetes.io/service-proxy-name label is this
+    /// (default: only Services without the label, as kube-proxy).
+    #[arg(long, value_name = "NAME")]
+    pub proxy_name: Option<String>,
+    /// With the API source and --plugin-dir: the namespace of the ConfigMaps whose binaryData
+    /// `<name>.wasm` keys are written into --plugin-dir.
+    #[arg(long, default_value = "kube-system")]
+    pub plugin_namespace: String,
+    /// Label selector of those ConfigMaps.
+    #[arg(long, default_value = "nodeportd.dev/plugins=true")]
+    pub plugin_configmap_selector: String,
     /// Node addresses to serve nodePorts on, as CIDRs (default: all addresses).
     #[arg(long, value_delimiter = ',', value_name = "CIDR,...")]
     pub nodeport_addresses: Vec<IpNet>,
@@ -242,6 +260,27 @@ mod tests {
     #[test]
     fn health_is_served_where_load_balancers_reach_it_and_metrics_on_loopback_by_default() {
         let args = ["nodeportd", "run", "--manifests", "/m", "--node-name", "n"];
+        let cli =
+            Cli::try_parse_from(["nodeportd", "run", "--hostname-override", "n"]).expect("parse");
+        let Command::Run(run) = cli.command else {
+            panic!("run");
+        };
+        assert_eq!(
+            (run.node_name.as_str(), run.manifests),
+            ("n", None),
+            "the API source"
+        );
+        assert!(Cli::try_parse_from([
+            "nodeportd",
+            "run",
+            "--node-name",
+            "n",
+            "--manifests",
+            "/m",
+            "--kubeconfig",
+            "/k"
+        ])
+        .is_err());
         let cli = Cli::try_parse_from(args).expect("parse");
         let Command::Run(run) = cli.command else {
             panic!("run");

@@ -1,4 +1,5 @@
-//! `nodeportd run`: wires source -> sync -> dataplane, the admin server and signals.
+//! `nodeportd run`: wires source (a manifests directory, or the Kubernetes API) -> sync ->
+//! dataplane, the admin server and signals.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -14,6 +15,8 @@ use crate::dataplane::{Dataplane, DataplaneConfig};
 use crate::metrics::Metrics;
 use crate::model::store::Store;
 use crate::model::{Family, NodeInfo};
+use crate::notice::Notices;
+use crate::source::kube::{self, KubeSource};
 use crate::source::manifests::ManifestDir;
 use crate::source::{Sink, Source};
 use crate::sync::{Event, Sync};
@@ -28,12 +31,35 @@ fn raise_nofile() {
     }
 }
 
+/// What the API source takes from the command line.
+fn kube_settings(args: &RunArgs) -> kube::Settings {
+    kube::Settings {
+        kubeconfig: args.kubeconfig.clone(),
+        node: args.node_name.clone(),
+        proxy_name: args.proxy_name.clone(),
+        node_zone: args.node_zone.is_none(),
+        plugins: args.plugin_dir.as_ref().map(|dir| kube::PluginConfigMaps {
+            dir: dir.clone(),
+            namespace: args.plugin_namespace.clone(),
+            selector: args.plugin_configmap_selector.clone(),
+        }),
+    }
+}
+
 /// Runs the daemon until SIGTERM or SIGINT; returns once flows are drained.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     raise_nofile();
-    if !args.manifests.is_dir() {
-        anyhow::bail!("--manifests {}: not a directory", args.manifests.display());
+    if let Some(dir) = args.manifests.as_ref().filter(|d| !d.is_dir()) {
+        anyhow::bail!("--manifests {}: not a directory", dir.display());
     }
+    // With the API source, what should become Events on Services is sent here.
+    let (notices, notices_rx) = match &args.manifests {
+        Some(_) => (Notices::default(), None),
+        None => {
+            let (n, rx) = Notices::channel();
+            (n, Some(rx))
+        }
+    };
     let workers = args
         .workers
         .unwrap_or_else(|| {
@@ -67,7 +93,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         Some(_) => Some(
             crate::plugin::Runtime::new(
-                args.plugin_limits.runtime(),
+                crate::plugin::RuntimeConfig {
+                    notices: notices.clone(),
+                    ..args.plugin_limits.runtime()
+                },
                 metrics.plugin_logs_dropped.clone(),
             )
             .context("cannot start the plugin runtime")?,
@@ -93,7 +122,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         plugins: plugin_runtime.clone(),
     };
-    tracing::info!(workers, node = %args.node_name, manifests = %args.manifests.display(), plugins = ?args.plugin_dir, "starting nodeportd");
+    tracing::info!(workers, node = %args.node_name, manifests = ?args.manifests, plugins = ?args.plugin_dir, "starting nodeportd");
     let ready = Arc::new(AtomicBool::new(false));
     let dataplane =
         Dataplane::start(cfg, metrics.clone()).context("cannot start dataplane workers")?;
@@ -130,13 +159,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         health::spawn(addrs)
     };
     let (tx, rx) = crossbeam_channel::unbounded::<Event>();
-    let mut sync = Sync::new(store, dataplane, metrics.clone(), ready).with_health(health);
+    let mut sync = Sync::new(store, dataplane, metrics.clone(), ready)
+        .with_health(health)
+        .with_notices(notices);
     if let (Some(rt), Some(dir)) = (plugin_runtime, &args.plugin_dir) {
         let probed = tx.clone();
         let probed = Arc::new(move || {
             let _ = probed.send(Event::PluginsChanged);
         });
-        let directory = crate::plugin::Directory::new(rt, dir.clone(), metrics, probed)
+        let directory = crate::plugin::Directory::new(rt, dir.clone(), metrics.clone(), probed)
             .context("cannot start the plugin probe threads")?;
         directory
             .watch(tx.clone(), || Event::PluginsChanged)
@@ -158,8 +189,17 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             return admin_task.await?;
         }
         // The source sends straight into the sync loop's channel.
-        let source: Box<dyn Source> = Box::new(ManifestDir::new(args.manifests.clone()));
-        if let Err(e) = source.start(Sink::new(tx.clone())) {
+        let source: anyhow::Result<Box<dyn Source>> = match (&args.manifests, notices_rx) {
+            (Some(dir), _) => Ok(Box::new(ManifestDir::new(dir.clone()))),
+            (None, rx) => {
+                let settings = kube_settings(&args);
+                let rx = rx.unwrap_or_else(|| Notices::channel().1);
+                KubeSource::connect(settings, metrics.clone(), rx)
+                    .await
+                    .map(|s| Box::new(s) as Box<dyn Source>)
+            }
+        };
+        if let Err(e) = source.and_then(|s| s.start(Sink::new(tx.clone()))) {
             let _ = tx.send(Event::Shutdown(std::time::Duration::ZERO));
             return Err(e);
         }

@@ -75,6 +75,11 @@ pub struct Metrics {
     pub plugin_logs_dropped: Counter,
     /// Plugins that failed to load, by reload attempt.
     pub plugin_load_errors: Counter,
+    /// 1 while the Kubernetes API server answers (always 0 with the manifests directory).
+    pub source_connected: Gauge,
+    /// Unix time up to which the source's data is known current: the last moment the API
+    /// server answered (0 with the manifests directory, which is always current).
+    pub source_last_sync: Gauge,
 }
 
 impl Default for Metrics {
@@ -99,6 +104,8 @@ impl Metrics {
             plugin: PluginFamilies::register(&mut registry),
             plugin_logs_dropped: Counter::default(),
             plugin_load_errors: Counter::default(),
+            source_connected: Gauge::default(),
+            source_last_sync: Gauge::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -139,6 +146,16 @@ impl Metrics {
             "plugin_load_errors",
             "Plugins that could not be loaded or configured",
             m.plugin_load_errors.clone(),
+        );
+        r.register(
+            "source_connected",
+            "1 while the Kubernetes API server answers",
+            m.source_connected.clone(),
+        );
+        r.register(
+            "source_last_sync_timestamp_seconds",
+            "Unix time up to which the source's data is known current (API source)",
+            m.source_last_sync.clone(),
         );
         Self { registry, ..m }
     }

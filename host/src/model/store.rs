@@ -219,6 +219,16 @@ impl Store {
         }
     }
 
+    /// This node's topology zone changed (its Node object's label): every Service may pick
+    /// other endpoints by topology hints, so all are affected (none when it did not change).
+    pub fn set_zone(&mut self, zone: Option<String>) -> BTreeSet<ServiceKey> {
+        if self.node.zone == zone {
+            return BTreeSet::new();
+        }
+        self.node.zone = zone;
+        self.services.keys().cloned().collect()
+    }
+
     /// The frontends a Service should have now (None: no such Service), plus warnings.
     pub fn frontends(&self, key: &ServiceKey) -> Option<(Vec<Frontend>, Vec<String>)> {
         let (_, svc) = self.services.get(key)?;

@@ -31,6 +31,8 @@ pub struct RuntimeConfig {
     pub cache_dir: Option<PathBuf>,
     /// Log lines per second per instance before lines are dropped.
     pub log_lines_per_second: u32,
+    /// Where a worker says that backoff disabled a plugin (for an Event on the Service).
+    pub notices: crate::notice::Notices,
 }
 
 impl Default for RuntimeConfig {
@@ -42,6 +44,7 @@ impl Default for RuntimeConfig {
             max_instances: 1000,
             cache_dir: None,
             log_lines_per_second: 10,
+            notices: crate::notice::Notices::default(),
         }
     }
 }

@@ -28,6 +28,7 @@ use super::runtime::Runtime;
 use super::wire;
 use crate::metrics::Role;
 use crate::model::{Backend, Family};
+use crate::notice::{Notice, Reason};
 
 /// One call in this many is timed for the latency histogram.
 const SAMPLE: u32 = 8;
@@ -258,7 +259,9 @@ impl WorkerInstances {
             Err(failure) => {
                 let kind = failure.kind;
                 link.metrics.fail(kind);
-                if let Some(cause) = failed(slot, self.worker, chain, failure, now) {
+                if let Some(cause) =
+                    failed(slot, self.rt.as_deref(), self.worker, chain, failure, now)
+                {
                     link.metrics.disable(cause);
                 }
                 Err(kind)
@@ -347,6 +350,7 @@ fn prepare<'a>(
 /// disabled, and the failure is logged (a disable always, others once a second per slot).
 fn failed(
     slot: &mut Slot,
+    rt: Option<&Runtime>,
     worker: usize,
     chain: &Chain,
     failure: Failure,
@@ -361,6 +365,18 @@ fn failed(
         Outcome::Disabled(backoff, cause) => {
             tracing::error!(%service, plugin, worker, failure = %failure, ?backoff, cause = cause.as_str(),
                 "plugin keeps failing; disabled on this worker, the Service's failure policy decides meanwhile");
+            if let Some(rt) = rt {
+                rt.config().notices.send(Notice {
+                    namespace: chain.namespace.clone(),
+                    name: chain.name.clone(),
+                    reason: Reason::PluginDisabled,
+                    message: format!(
+                        "plugin {plugin} disabled for {backoff:?} on worker {worker} after {}: {failure}; failure policy {:?} decides meanwhile",
+                        cause.as_str(),
+                        chain.policy
+                    ),
+                });
+            }
             slot.live = None;
             slot.logged = Some(now);
             return Some(cause);

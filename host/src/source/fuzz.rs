@@ -244,7 +244,7 @@ impl Gen {
         let mut text = if self.chance(70) {
             let yaml: Vec<String> = docs
                 .iter()
-                .filter_map(|d| serde_yaml::to_string(d).ok())
+                .filter_map(|d| serde_saphyr::to_string(d).ok())
                 .collect();
             yaml.join("---\n")
         } else {

@@ -11,7 +11,7 @@ use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde_json::Value;
 
 use super::{Sink, Source, SourceEvent};
 use crate::fswatch::{Burst, DirWatch};
@@ -34,21 +34,18 @@ pub fn is_manifest(path: &Path) -> bool {
 /// Parses a manifest file. Kinds other than Service and EndpointSlice are skipped; `List`
 /// items are read. Errors name the file, the document and the object.
 pub fn parse(origin: &str, text: &str) -> Result<Vec<Object>, String> {
+    // serde-saphyr (the YAML parser kube-rs uses) reads every document into JSON values;
+    // its errors give the line and column, which name the document.
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple(text).map_err(|e| format!("{origin}: not valid YAML: {e}"))?;
     let mut out = Vec::new();
-    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value = serde_yaml::Value::deserialize(doc)
-            .map_err(|e| format!("{origin}: document {}: not valid YAML: {e}", i + 1))?;
+    for (i, value) in docs.into_iter().enumerate() {
         collect(origin, i + 1, value, &mut out)?;
     }
     Ok(out)
 }
 
-fn collect(
-    origin: &str,
-    doc: usize,
-    value: serde_yaml::Value,
-    out: &mut Vec<Object>,
-) -> Result<(), String> {
+fn collect(origin: &str, doc: usize, value: Value, out: &mut Vec<Object>) -> Result<(), String> {
     if value.is_null() {
         return Ok(());
     }
@@ -69,7 +66,7 @@ fn collect(
         ("v1", "List") => {
             let items = value
                 .get("items")
-                .and_then(|v| v.as_sequence())
+                .and_then(|v| v.as_array())
                 .cloned()
                 .unwrap_or_default();
             for item in items {
@@ -77,11 +74,11 @@ fn collect(
             }
         }
         ("v1", "Service") => {
-            let svc = serde_yaml::from_value(value).map_err(|e| format!("{what}: {e}"))?;
+            let svc = serde_json::from_value(value).map_err(|e| format!("{what}: {e}"))?;
             out.push(Object::Service(Box::new(svc)));
         }
         ("discovery.k8s.io/v1", "EndpointSlice") => {
-            let slice = serde_yaml::from_value(value).map_err(|e| format!("{what}: {e}"))?;
+            let slice = serde_json::from_value(value).map_err(|e| format!("{what}: {e}"))?;
             out.push(Object::EndpointSlice(Box::new(slice)));
         }
         (_, "") => return Err(format!("{origin}: document {doc}: no kind")),

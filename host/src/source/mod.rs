@@ -1,9 +1,10 @@
-//! Sources fill the model: a directory of manifests today, the Kubernetes API later. Each
+//! Sources fill the model: a directory of manifests, or the Kubernetes API (`kube`). Each
 //! reports whole sets of objects per origin and says when its first listing is complete, by
 //! sending `SourceEvent`s through a `Sink` straight into the sync loop's channel.
 
 #[cfg(test)]
 mod fuzz;
+pub mod kube;
 pub mod manifests;
 
 use crossbeam_channel::Sender;
@@ -69,6 +70,8 @@ pub enum SourceEvent {
         /// The origin.
         origin: String,
     },
+    /// This node's topology zone, from its Node object (None: it has no zone label).
+    NodeZone(Option<String>),
     /// The first complete listing has been delivered.
     Synced,
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use crate::metrics::Metrics;
 use crate::model::{Frontend, FrontendKey, ServiceKey};
+use crate::notice::{Notice, Notices, Reason};
 use crate::plugin::{Chain, Directory, Unresolved};
 
 /// Resolves chains and remembers the refusals.
@@ -25,6 +26,8 @@ pub struct Chains {
     errors: HashMap<FrontendKey, String>,
     /// Frontends waiting for a probe of their config.
     pending: HashSet<FrontendKey>,
+    /// Where refusals are told (an Event on the Service with the API source).
+    notices: Notices,
 }
 
 impl Chains {
@@ -35,7 +38,13 @@ impl Chains {
             directory: None,
             errors: HashMap::new(),
             pending: HashSet::new(),
+            notices: Notices::default(),
         }
+    }
+
+    /// Tells refusals to `notices` from now on.
+    pub fn set_notices(&mut self, notices: Notices) {
+        self.notices = notices;
     }
 
     /// Resolves chains against `directory` from now on.
@@ -134,6 +143,12 @@ impl Chains {
             None => "the native default serves it".to_string(),
         };
         tracing::error!(service = %service, port = %fe.port_name, error = %e, "Service's plugins not applied; {keeps}");
+        self.notices.send(Notice {
+            namespace: service.namespace.clone(),
+            name: service.name.clone(),
+            reason: Reason::PluginNotApplied,
+            message: format!("port {}: {e}; {keeps}", fe.port_name),
+        });
     }
 
     /// `fe` is gone: forgets why it did not run its chain (the dataplane forgets its series).
@@ -166,9 +181,23 @@ mod tests {
         let mut chains = Chains::new(metrics.clone());
         let service = ServiceKey::new(Some("shop"), "web");
         let fe = with_plugins(frontend(30080, &["198.18.0.2:80"]));
+        let (notices, mut told) = Notices::channel();
+        chains.set_notices(notices);
         assert!(chains.resolve(&service, &fe, None).is_none());
         assert!(chains.resolve(&service, &fe, None).is_none());
         assert_eq!(metrics.plugin_load_errors.get(), 1);
+        let notice = told.try_recv().expect("the refusal is told");
+        assert_eq!(
+            (notice.namespace.as_str(), notice.name.as_str()),
+            ("shop", "web")
+        );
+        assert_eq!(notice.reason, Reason::PluginNotApplied);
+        assert!(
+            notice.message.contains("--plugin-dir"),
+            "{}",
+            notice.message
+        );
+        assert!(told.try_recv().is_err(), "told once, not on every resolve");
         assert!(chains.needs_resolve(&fe, &[]));
         assert_eq!(chains.refresh(), None);
 

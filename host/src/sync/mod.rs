@@ -96,6 +96,12 @@ impl Sync {
         self
     }
 
+    /// Tells why Services' plugins are not applied to `notices`.
+    pub fn with_notices(mut self, notices: crate::notice::Notices) -> Self {
+        self.chains.set_notices(notices);
+        self
+    }
+
     /// Serves healthCheckNodePorts through `health` (LoadBalancer + Local Services).
     pub fn with_health(mut self, health: HealthHandle) -> Self {
         self.health.serve_through(health);
@@ -145,6 +151,10 @@ impl Sync {
                 return;
             }
             SourceEvent::Removed { origin } => self.store.remove_origin(&origin),
+            SourceEvent::NodeZone(zone) => {
+                tracing::info!(zone = zone.as_deref().unwrap_or("<none>"), "node zone");
+                self.store.set_zone(zone)
+            }
             SourceEvent::Synced => {
                 let all = std::mem::take(&mut self.unsynced);
                 self.synced = true;
