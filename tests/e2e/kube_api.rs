@@ -177,7 +177,7 @@ impl Drop for Steady {
 
 #[test]
 fn an_api_outage_with_compaction_fails_no_connection_and_changes_made_meanwhile_apply() {
-    let (mut api, np, a, b) = web_on_a();
+    let (mut api, np, _a, b) = web_on_a(); // a serves until the change
     let d = start_daemon(&api, ADMIN_TOKEN, &[]);
     assert_eq!(answers(np, 3), ["a"; 3], "{}", d.log());
     let steady = Steady::start(lo(np));
