@@ -1,4 +1,5 @@
-//! Shared by the harness-less benches: start the release daemon on a manifests directory and
+//! Shared by the harness-less benches: start the release daemon on a manifests directory (or
+//! an API server) and
 //! read its memory and descriptors once it is ready.
 
 use std::path::{Path, PathBuf};
@@ -32,10 +33,25 @@ impl Daemon {
         extra: &[&str],
         timeout: Duration,
     ) -> Result<Self, String> {
+        Self::start_on(
+            &["--manifests".as_ref(), manifests.as_os_str()],
+            admin,
+            extra,
+            timeout,
+        )
+    }
+
+    /// Like [`Daemon::start`] with `source` (`--manifests DIR` or `--kubeconfig FILE`).
+    pub fn start_on(
+        source: &[&std::ffi::OsStr],
+        admin: &str,
+        extra: &[&str],
+        timeout: Duration,
+    ) -> Result<Self, String> {
         let t0 = Instant::now();
         let child = Command::new(release_binary()?)
-            .args(["run", "--manifests"])
-            .arg(manifests)
+            .arg("run")
+            .args(source)
             .args([
                 "--node-name",
                 "node-0",
@@ -46,6 +62,9 @@ impl Daemon {
                 "--healthz-bind-address",
                 "127.0.0.1:0",
             ])
+            // Never source preservation: it programs the machine's routing, and the daemon
+            // is killed (no cleanup) when the bench ends.
+            .args(["--preserve-source", "off"])
             .args(extra)
             .stderr(Stdio::null())
             .spawn()

@@ -3,19 +3,20 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// A TCP backend: for each connection it reads one line, answers `"{id}\n"`, then echoes
-/// everything until the client's EOF, then closes.
+/// everything until the client's EOF, then closes. It counts the peer addresses it accepted.
 pub struct TcpBackend {
     addr: SocketAddr,
     id: String,
     stop: Arc<AtomicBool>,
     accepted: Arc<AtomicUsize>,
+    peers: Arc<Mutex<BTreeMap<IpAddr, usize>>>,
     open: Arc<Mutex<BTreeMap<usize, TcpStream>>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -70,7 +71,12 @@ impl TcpBackend {
     /// connection and answers `"{id} client={addr} node={addr}\n"` from it (or
     /// `"{id} header-error=..."`).
     pub fn proxy_v2(id: &str) -> Self {
-        Self::serve("127.0.0.1:0", id, true)
+        Self::proxy_v2_at("127.0.0.1:0", id)
+    }
+
+    /// Like [`TcpBackend::proxy_v2`] on `addr` (a pod's address, say).
+    pub fn proxy_v2_at(addr: impl ToSocketAddrs, id: &str) -> Self {
+        Self::serve(addr, id, true)
     }
 
     fn serve(addr: impl ToSocketAddrs, id: &str, proxy: bool) -> Self {
@@ -78,10 +84,16 @@ impl TcpBackend {
         let addr = listener.local_addr().expect("local_addr");
         let stop = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(AtomicUsize::new(0));
+        let peers = Arc::new(Mutex::new(BTreeMap::new()));
         let open = Arc::new(Mutex::new(BTreeMap::new()));
         let thread = {
-            let (stop, accepted, open, id) =
-                (stop.clone(), accepted.clone(), open.clone(), id.to_string());
+            let (stop, accepted, peers, open, id) = (
+                stop.clone(),
+                accepted.clone(),
+                peers.clone(),
+                open.clone(),
+                id.to_string(),
+            );
             std::thread::Builder::new()
                 .name(format!("backend-{id}"))
                 .spawn(move || {
@@ -90,6 +102,9 @@ impl TcpBackend {
                             return;
                         }
                         let Ok(s) = conn else { continue };
+                        if let Ok(p) = s.peer_addr() {
+                            *peers.lock().unwrap().entry(p.ip()).or_default() += 1;
+                        }
                         let n = accepted.fetch_add(1, Ordering::SeqCst);
                         // A handle Drop can shut down, removed once the connection is served.
                         if let Ok(c) = s.try_clone() {
@@ -111,6 +126,7 @@ impl TcpBackend {
             id: id.into(),
             stop,
             accepted,
+            peers,
             open,
             thread: Some(thread),
         }
@@ -134,6 +150,13 @@ impl TcpBackend {
     /// Connections accepted so far.
     pub fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// The peer (source) addresses of the connections accepted so far, and how many came from
+    /// each: what the endpoint sees as its client. Counted before the connection is served,
+    /// so a client that got its answer is counted.
+    pub fn peers(&self) -> BTreeMap<IpAddr, usize> {
+        self.peers.lock().unwrap().clone()
     }
 }
 

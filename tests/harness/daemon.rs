@@ -1,15 +1,16 @@
 //! The `nodeportd` process under test: finding the binary, starting it on a manifest
-//! directory or an API server, reading its admin server and log, signalling it, and killing it on drop.
+//! directory or an API server (in the test's network namespace or in one it made), reading
+//! its admin server and log, signalling it, and killing it on drop.
 
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::Duration;
 
-use crate::{free_tcp_port, http_get, parse_metric, run_bounded, wait_until, NODE};
+use crate::{free_tcp_port, http_get, parse_metric, run_bounded, wait_until, Netns, NODE};
 
 /// The nodeportd binary: `$NODEPORTD_BIN`, else `target/debug/nodeportd` next to the test
 /// executable (which lives in `target/debug/deps/`).
@@ -72,20 +73,42 @@ fn strip_ansi(s: &str) -> String {
 impl Daemon {
     /// Starts nodeportd on `manifests` with free metrics and health ports on 127.0.0.1 (health
     /// where `extra` gives `--healthz-bind-address`) and `extra` args
-    /// (`--node-name` defaults to [`NODE`] unless given), and waits until /readyz is 200.
+    /// (`--node-name` defaults to [`NODE`] unless it or `--hostname-override` is given), and
+    /// waits until /readyz is 200.
     pub fn start(manifests: &Path, extra: &[&str]) -> Daemon {
-        Self::start_on(&["--manifests".as_ref(), manifests.as_os_str()], extra)
+        Self::start_on(
+            None,
+            &["--manifests".as_ref(), manifests.as_os_str()],
+            extra,
+        )
     }
 
     /// Like [`Daemon::start`] with the Kubernetes API as the source (`--kubeconfig`).
     pub fn start_kube(kubeconfig: &Path, extra: &[&str]) -> Daemon {
-        Self::start_on(&["--kubeconfig".as_ref(), kubeconfig.as_os_str()], extra)
+        Self::start_on(
+            None,
+            &["--kubeconfig".as_ref(), kubeconfig.as_os_str()],
+            extra,
+        )
     }
 
-    fn start_on(source: &[&OsStr], extra: &[&str]) -> Daemon {
+    /// Like [`Daemon::start_kube`] inside `ns` (a node host of its own), through
+    /// `ip netns exec`, which execs the binary (the child is nodeportd itself). Its metrics
+    /// and health servers listen on the namespace's address of its link to the root
+    /// namespace, on kube-proxy's ports 10249 and 10256 (nothing else runs there), so the
+    /// test reaches them from the root namespace.
+    pub fn start_kube_in(ns: &Netns, kubeconfig: &Path, extra: &[&str]) -> Daemon {
+        Self::start_on(
+            Some(ns),
+            &["--kubeconfig".as_ref(), kubeconfig.as_os_str()],
+            extra,
+        )
+    }
+
+    fn start_on(ns: Option<&Netns>, source: &[&OsStr], extra: &[&str]) -> Daemon {
         let mut last = String::new();
         for _ in 0..3 {
-            match Self::try_start(source, extra) {
+            match Self::try_start(ns, source, extra) {
                 Ok(d) => return d,
                 // Another process may have taken the admin port between probe and bind.
                 Err(e) => last = e,
@@ -94,7 +117,7 @@ impl Daemon {
         panic!("nodeportd did not become ready: {last}");
     }
 
-    fn try_start(source: &[&OsStr], extra: &[&str]) -> Result<Daemon, String> {
+    fn try_start(ns: Option<&Netns>, source: &[&OsStr], extra: &[&str]) -> Result<Daemon, String> {
         let logs = tempfile::Builder::new()
             .prefix("nodeportd-e2e-log")
             .tempdir()
@@ -102,26 +125,45 @@ impl Daemon {
         let log_path = logs.path().join("nodeportd.log");
         let log = File::create(&log_path).map_err(|e| e.to_string())?;
         let log2 = log.try_clone().map_err(|e| e.to_string())?;
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
-        let mut cmd = Command::new(binary());
+        // In a namespace of its own the daemon has the ports to itself; here, free ones.
+        let (ip, admin_port, health_port) = match ns {
+            Some(ns) => (IpAddr::V4(ns.ns_ip()), 10249, 10256),
+            None => (IpAddr::from([127, 0, 0, 1]), free_tcp_port(), 0),
+        };
+        let admin = SocketAddr::new(ip, admin_port);
+        let mut cmd = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns.name()]).arg(binary());
+                c
+            }
+            None => Command::new(binary()),
+        };
         cmd.arg("run")
             .args(source)
             .arg("--metrics-bind-address")
             .arg(admin.to_string());
-        // Health on loopback too unless the test puts it somewhere (never the 0.0.0.0:10256
-        // default: tests run side by side).
+        // Health beside the metrics unless the test puts it somewhere (never the
+        // 0.0.0.0:10256 default in the test's own namespace: tests run side by side).
         let health = match extra.iter().position(|a| *a == "--healthz-bind-address") {
             Some(i) => extra
                 .get(i + 1)
                 .and_then(|a| a.parse().ok())
                 .ok_or("--healthz-bind-address needs an address")?,
             None => {
-                let h = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
+                let port = match health_port {
+                    0 => free_tcp_port(),
+                    p => p,
+                };
+                let h = SocketAddr::new(ip, port);
                 cmd.arg("--healthz-bind-address").arg(h.to_string());
                 h
             }
         };
-        if !extra.contains(&"--node-name") {
+        if !extra
+            .iter()
+            .any(|a| *a == "--node-name" || *a == "--hostname-override")
+        {
             cmd.args(["--node-name", NODE]);
         }
         // Source preservation programs the namespace's routing: only the test about it asks.

@@ -1,16 +1,18 @@
 //! A real Kubernetes API server for a test: etcd and kube-apiserver (built by
 //! `scripts/kube-apiserver.sh build` into target/kube-apiserver/) started on free loopback
-//! ports in a temp directory of the test's own, with RBAC authorization and two static
-//! tokens: an admin (system:masters) and one that authenticates as the ServiceAccount
-//! kube-system/nodeportd (so the deploy/ ClusterRole decides what it may do). The API server
-//! can be killed and started again over the same etcd, and etcd compacted, so the next watch
-//! from an old resource version gets 410 Gone. Everything is killed on drop.
+//! ports (or the API server on an address of the test's choice, for clients in other
+//! network namespaces: [`ApiServer::start_on`]) in a temp directory of the test's own, with
+//! RBAC authorization and two static tokens: an admin (system:masters) and one that
+//! authenticates as the ServiceAccount kube-system/nodeportd (so the deploy/ ClusterRole
+//! decides what it may do). The API server can be killed and started again over the same
+//! etcd, and etcd compacted, so the next watch from an old resource version gets 410 Gone.
+//! Everything is killed on drop.
 //!
 //! Objects are written with server-side apply (create or update, idempotent) from the YAML the
 //! manifests builders make; requests go through curl, bounded in time.
 
 use std::fs::File;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -41,10 +43,14 @@ fn built() -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
+    free_port_on(Ipv4Addr::LOCALHOST)
+}
+
+fn free_port_on(ip: Ipv4Addr) -> u16 {
+    TcpListener::bind((ip, 0))
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
+        .unwrap_or_else(|e| panic!("bind {ip}:0: {e}"))
 }
 
 /// The kinds the tests write, and where they live in the API.
@@ -79,12 +85,32 @@ pub struct ApiServer {
     apiserver: Option<Child>,
     port: u16,
     second: Option<(u16, Child)>,
+    range: String,
+    host: Ipv4Addr,
 }
 
 impl ApiServer {
     /// Starts etcd and the API server, waits for /readyz, installs the EndpointSlice v1
     /// stand-in and creates the test namespace.
     pub fn start() -> ApiServer {
+        Self::start_with_range("30000-32767")
+    }
+
+    /// Like [`ApiServer::start`], allocating nodePorts from `range` (`--service-node-port-range`).
+    pub fn start_with_range(range: &str) -> ApiServer {
+        Self::start_at(Ipv4Addr::LOCALHOST, range)
+    }
+
+    /// Like [`ApiServer::start`] with the API server bound on `host` (its --bind-address and
+    /// --advertise-address) instead of 127.0.0.1, for clients in other network namespaces
+    /// (the root side of a veth reaches them). Its self-signed certificate covers that
+    /// address (kube-apiserver puts --advertise-address and --bind-address in it), so
+    /// clients verify it with the kubeconfig's CA. etcd stays on loopback.
+    pub fn start_on(host: Ipv4Addr) -> ApiServer {
+        Self::start_at(host, "30000-32767")
+    }
+
+    fn start_at(host: Ipv4Addr, range: &str) -> ApiServer {
         let built = built();
         let dir = tempfile::Builder::new()
             .prefix("nodeportd-e2e-kapi")
@@ -137,6 +163,8 @@ impl ApiServer {
             apiserver: None,
             port: 0,
             second: None,
+            range: range.to_string(),
+            host,
         };
         assert!(
             wait_until(Duration::from_secs(20), || api
@@ -191,7 +219,8 @@ impl ApiServer {
                 self.etcd_port
             ))
             .arg("--runtime-config=discovery.k8s.io/v1beta1=false")
-            .args(["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1"])
+            .arg(format!("--bind-address={}", self.host))
+            .arg(format!("--advertise-address={}", self.host))
             .arg(format!("--secure-port={port}"))
             .arg(format!("--cert-dir={}", pki.display()))
             .arg(format!(
@@ -200,7 +229,7 @@ impl ApiServer {
             ))
             .arg("--authorization-mode=RBAC")
             .arg("--service-cluster-ip-range=10.96.0.0/16")
-            .arg("--service-node-port-range=30000-32767")
+            .arg(format!("--service-node-port-range={}", self.range))
             .arg("--service-account-issuer=https://kubernetes.default.svc")
             .arg(format!(
                 "--service-account-key-file={}",
@@ -225,12 +254,12 @@ impl ApiServer {
         let fixed = port != 0;
         for _ in 0..3 {
             if !fixed {
-                port = free_port();
+                port = free_port_on(self.host);
             }
             let mut child = self.spawn(port);
             let exited = |c: &mut Child| c.try_wait().ok().flatten().is_some();
             let up = wait_until(Duration::from_secs(60), || {
-                exited(&mut child) || get(port, "/readyz").0 == 200
+                exited(&mut child) || get(self.host, port, "/readyz").0 == 200
             });
             if up && !exited(&mut child) {
                 return (port, child);
@@ -279,7 +308,7 @@ impl ApiServer {
 
     /// The API server's address.
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
+        SocketAddr::from((self.host, self.port))
     }
 
     /// A kubeconfig for `token` (the CA is the API server's self-signed one).
@@ -290,10 +319,11 @@ impl ApiServer {
             &path,
             format!(
                 "apiVersion: v1\nkind: Config\n\
-                 clusters: [{{name: e2e, cluster: {{server: \"https://127.0.0.1:{}\", certificate-authority: \"{}\"}}}}]\n\
+                 clusters: [{{name: e2e, cluster: {{server: \"https://{}:{}\", certificate-authority: \"{}\"}}}}]\n\
                  users: [{{name: e2e, user: {{token: {token}}}}}]\n\
                  contexts: [{{name: e2e, context: {{cluster: e2e, user: e2e}}}}]\n\
                  current-context: e2e\n",
+                self.host,
                 self.port,
                 ca.display()
             ),
@@ -325,7 +355,7 @@ impl ApiServer {
             .arg(format!("Authorization: Bearer {token}"))
             .arg("-H")
             .arg(format!("Content-Type: {ctype}"))
-            .arg(format!("https://127.0.0.1:{}{path}", self.live_port()));
+            .arg(format!("https://{}:{}{path}", self.host, self.live_port()));
         if !body.is_empty() {
             cmd.arg("--data-binary")
                 .arg(format!("@{}", input.display()));
@@ -338,7 +368,7 @@ impl ApiServer {
 
     /// An admin GET.
     pub fn get(&self, path: &str) -> (u16, String) {
-        get(self.live_port(), path)
+        get(self.host, self.live_port(), path)
     }
 
     /// Creates or updates an object (server-side apply) in namespace `ns` from its YAML.
@@ -426,12 +456,12 @@ impl ApiServer {
     }
 }
 
-/// An admin GET to the API server on `port`: (status, body), status 0 without an answer.
-fn get(port: u16, path: &str) -> (u16, String) {
+/// An admin GET to the API server on `host:port`: (status, body), status 0 without an answer.
+fn get(host: Ipv4Addr, port: u16, path: &str) -> (u16, String) {
     let mut cmd = Command::new("curl");
     cmd.args(["-sk", "-m", "5", "-w", "\n%{http_code}", "-H"])
         .arg(format!("Authorization: Bearer {ADMIN_TOKEN}"))
-        .arg(format!("https://127.0.0.1:{port}{path}"));
+        .arg(format!("https://{host}:{port}{path}"));
     let out = run_bounded(cmd, Duration::from_secs(10));
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));

@@ -12,6 +12,7 @@
 //! `daemon` (the process under test), `kube` (a real API server), `metrics` (/metrics and /conntrack answers), `manifests`
 //! (the directory and YAML builders), `backends` (TCP and UDP backends), `clients` (HTTP,
 //! TCP and UDP clients), `ports` (nodePorts, free and dead ports), `proxy` (the endpoint's side of PROXY v2), `netns` (network
+//! namespaces, links between them, values living in them), `lan` (a bridge joining
 //! namespaces), `plugins` (built plugins, plugin directories) and `rig` (in-process plugin
 //! rigs, a public module).
 
@@ -19,6 +20,7 @@ mod backends;
 mod clients;
 mod daemon;
 mod kube;
+mod lan;
 mod manifests;
 mod metrics;
 mod netns;
@@ -37,11 +39,12 @@ pub use clients::{
 };
 pub use daemon::{binary, Daemon};
 pub use kube::{plugin_configmap, ApiServer, Kind, ADMIN_TOKEN, SA_TOKEN};
+pub use lan::Lan;
 pub use manifests::{
     docs, named_slices, one_tcp_service, slice, slices, Ep, Manifests, Service, SvcPort,
 };
 pub use metrics::{parse_metric, rows};
-pub use netns::{is_root, Netns};
+pub use netns::{is_root, Netns, Resident};
 pub use plugins::{built_plugin, built_plugins, PluginDir};
 pub use ports::{dead_tcp_port, free_tcp_port, has_ipv6, node_port};
 pub use proxy::read_proxy_v2;

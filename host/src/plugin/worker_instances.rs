@@ -74,7 +74,8 @@ impl WorkerInstances {
             rt,
             worker,
             slots: FxHashMap::default(),
-            seed: 0x5851_f42d_4c95_7f2d ^ worker as u64,
+            // Per process and worker: plugins' `random` differs between nodes and restarts.
+            seed: fastrand::u64(..) ^ worker as u64,
             tick: u32::MAX,
         }
     }

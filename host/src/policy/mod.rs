@@ -130,12 +130,14 @@ pub struct PolicyState {
 }
 
 impl PolicyState {
-    /// State for worker `index`; seeded per worker so workers do not pick in lockstep.
+    /// State for worker `index`; seeded per process and per worker, so neither the workers of
+    /// one node nor the nodes of a cluster (nor one node across restarts) pick in lockstep:
+    /// with a fixed seed every node sent its n-th flow to the same endpoint.
     pub fn new(index: usize, plugins: Box<dyn PluginCalls>, now: Instant) -> Self {
         Self {
             now,
             random: Random::new(
-                0x9e37_79b9_7f4a_7c15 ^ (index as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d),
+                fastrand::u64(..) ^ (index as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d),
             ),
             affinity: AffinityTable::default(),
             plugins,

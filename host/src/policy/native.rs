@@ -92,6 +92,23 @@ mod tests {
     }
 
     #[test]
+    fn two_nodes_workers_of_the_same_index_do_not_pick_in_lockstep() {
+        // Two states for worker 0 stand for worker 0 of two nodes (or of one node before and
+        // after a restart): the sequences of picks must differ.
+        let p = Native::new(None);
+        let b = backends(16);
+        let picks = |mut st: PolicyState| -> Vec<SocketAddr> {
+            (0..32)
+                .map(|i| {
+                    let f = p.admit(&mut st, flow(i)).expect("admitted");
+                    p.pick(&mut st, &f, &b, &[]).expect("picked")
+                })
+                .collect()
+        };
+        assert_ne!(picks(state()), picks(state()));
+    }
+
+    #[test]
     fn retries_never_repeat_an_endpoint() {
         let mut st = state();
         let p = Native::new(None);
