@@ -12,28 +12,11 @@ use axum::extract::State;
 use axum::http::{header, HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::model::ServiceKey;
 
-/// What the sync loop tells the health servers.
-#[derive(Debug)]
-pub enum HealthUpdate {
-    /// Serve (or update) `port` for `service` with this many local ready endpoints.
-    Set {
-        /// healthCheckNodePort.
-        port: u16,
-        /// The Service.
-        service: ServiceKey,
-        /// This node's ready endpoints.
-        local_endpoints: usize,
-    },
-    /// Stop serving `port`.
-    Remove {
-        /// healthCheckNodePort.
-        port: u16,
-    },
-}
+pub use crate::sync::health_ports::{HealthHandle, HealthUpdate};
 
 struct Served {
     service: ServiceKey,
@@ -44,9 +27,6 @@ struct Server {
     state: Arc<std::sync::RwLock<Served>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
-
-/// Sender side, held by the sync loop (usable from any thread).
-pub type HealthHandle = UnboundedSender<HealthUpdate>;
 
 /// Starts the manager task on the current tokio runtime; `addrs` are the node addresses
 /// (wildcards by default) the servers bind.

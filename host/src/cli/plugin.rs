@@ -97,35 +97,25 @@ fn flow(i: usize, handle: u32) -> types::Flow {
     }
 }
 
-fn bench(
-    file: &Path,
+/// Measures instantiation, then makes the instance the calls are measured on: configured
+/// with `config` and, for a selection plugin, given `n_backends` endpoints (both timed).
+fn setup(
+    rt: &Runtime,
+    plugin: &Plugin,
     n_backends: usize,
-    flows: usize,
     config: &str,
-    limits: &PluginLimits,
-) -> anyhow::Result<()> {
-    let rt = Runtime::new(limits.runtime(), Counter::default())?;
-    let (plugin, size, compile) = load(&rt, file)?;
-    println!(
-        "plugin {} ({} bytes), roles: {}",
-        plugin.name, size, plugin.roles
-    );
-    println!(
-        "{:<22} {:>8.2} ms (includes the contract check)",
-        "compile + check",
-        compile.as_secs_f64() * 1e3
-    );
+) -> anyhow::Result<Instance> {
     let mut inst_ns = Vec::with_capacity(200);
     for i in 0..200 {
         let t0 = Instant::now();
         let inst =
-            Instance::new(&rt, &plugin, 0, i).map_err(|f| anyhow::anyhow!("instantiate: {f}"))?;
+            Instance::new(rt, plugin, 0, i).map_err(|f| anyhow::anyhow!("instantiate: {f}"))?;
         inst_ns.push(t0.elapsed().as_nanos() as u64);
         drop(inst);
     }
     report("instantiate", &mut inst_ns);
     let mut inst =
-        Instance::new(&rt, &plugin, 0, 1).map_err(|f| anyhow::anyhow!("instantiate: {f}"))?;
+        Instance::new(rt, plugin, 0, 1).map_err(|f| anyhow::anyhow!("instantiate: {f}"))?;
     let service = types::Service {
         handle: 0,
         namespace: "bench".into(),
@@ -163,6 +153,28 @@ fn bench(
             t0.elapsed().as_nanos()
         );
     }
+    Ok(inst)
+}
+
+fn bench(
+    file: &Path,
+    n_backends: usize,
+    flows: usize,
+    config: &str,
+    limits: &PluginLimits,
+) -> anyhow::Result<()> {
+    let rt = Runtime::new(limits.runtime(), Counter::default())?;
+    let (plugin, size, compile) = load(&rt, file)?;
+    println!(
+        "plugin {} ({} bytes), roles: {}",
+        plugin.name, size, plugin.roles
+    );
+    println!(
+        "{:<22} {:>8.2} ms (includes the contract check)",
+        "compile + check",
+        compile.as_secs_f64() * 1e3
+    );
+    let mut inst = setup(&rt, &plugin, n_backends, config)?;
     let mut samples = Vec::with_capacity(flows);
     let mut failures = 0usize;
     let mut run =

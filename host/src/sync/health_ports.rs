@@ -4,9 +4,33 @@
 
 use std::collections::HashMap;
 
-use crate::admin::health::{HealthHandle, HealthUpdate};
+use tokio::sync::mpsc::UnboundedSender;
+
 use crate::model::store::Store;
 use crate::model::{ServiceKey, TrafficPolicy};
+
+/// What the sync loop tells the health servers.
+#[derive(Debug)]
+pub enum HealthUpdate {
+    /// Serve (or update) `port` for `service` with this many local ready endpoints.
+    Set {
+        /// healthCheckNodePort.
+        port: u16,
+        /// The Service.
+        service: ServiceKey,
+        /// This node's ready endpoints.
+        local_endpoints: usize,
+    },
+    /// Stop serving `port`.
+    Remove {
+        /// healthCheckNodePort.
+        port: u16,
+    },
+}
+
+/// Sender side, held by the sync loop (usable from any thread); the admin layer's health
+/// servers (`admin::health`) read the other end.
+pub type HealthHandle = UnboundedSender<HealthUpdate>;
 
 /// The healthCheckNodePort each Service was given, and where updates go.
 #[derive(Default)]

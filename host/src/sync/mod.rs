@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
-use crate::admin::health::HealthHandle;
 use crate::dataplane::Dataplane;
 use crate::metrics::{Metrics, ServiceLabels};
 use crate::model::store::Store;
@@ -31,7 +30,7 @@ use crate::source::SourceEvent;
 use chains::Chains;
 use changes::{FrontendChange, ServiceChange};
 use claims::{Claims, Outcome};
-use health_ports::HealthPorts;
+use health_ports::{HealthHandle, HealthPorts};
 
 /// How often Services whose ports could not be bound are tried again.
 const RETRY_EVERY: Duration = Duration::from_secs(5);
