@@ -276,7 +276,29 @@ impl<T> Table<T> {
         if self.by_tuple.get(&slot.entry.tuple) == Some(&id) {
             self.by_tuple.remove(&slot.entry.tuple);
         }
+        self.compact_expiry();
         Some((slot.entry, slot.io))
+    }
+
+    /// Deadlines of removed flows stay in the heap until they come due (a heap cannot drop an
+    /// entry in the middle); with the 24 h TCP idle timeout that would keep one entry per
+    /// closed connection for a day (found by the soak run: RSS grew 0.4 MiB a minute at 100
+    /// connections/s). Once stale entries outnumber live flows (and a floor), the heap is
+    /// rebuilt from the live flows: O(live) work at most once per that many removals, so
+    /// amortised O(1), and the heap stays within twice the live flows plus the floor.
+    fn compact_expiry(&mut self) {
+        const FLOOR: usize = 1024;
+        if self.expiry.len() <= 2 * self.slots.len() + FLOOR {
+            return;
+        }
+        let live = self
+            .slots
+            .iter()
+            .filter(|(_, s)| !s.entry.timeout.is_zero());
+        let heap: Vec<_> = live
+            .map(|(id, s)| Reverse((s.entry.last_seen + s.entry.timeout, id, s.generation)))
+            .collect();
+        self.expiry = BinaryHeap::from(heap);
     }
 
     /// Pops the next flow whose idle timeout has passed at `now`. Entries seen since they were
@@ -308,8 +330,15 @@ impl<T> Table<T> {
         self.expiry.peek().map(|Reverse((d, _, _))| *d)
     }
 
+    /// Deadlines held (live and stale), for tests of the compaction.
+    #[cfg(test)]
+    fn armed(&self) -> usize {
+        self.expiry.len()
+    }
+
     /// Re-arms a flow whose timeout changed (a shorter one must not wait for the old deadline).
     pub fn rearm(&mut self, id: FlowId) {
+        self.compact_expiry();
         if let Some(slot) = self.slots.get(id) {
             if !slot.entry.timeout.is_zero() {
                 self.expiry.push(Reverse((
@@ -377,5 +406,27 @@ mod tests {
         t.remove(b);
         assert_eq!(t.pop_expired(now + Duration::from_secs(31)), None);
         assert_eq!(t.pop_expired(now + Duration::from_secs(51)), Some(a));
+    }
+
+    #[test]
+    fn closed_flows_do_not_leave_their_deadlines_behind() {
+        let now = Instant::now();
+        let day = Duration::from_secs(86_400);
+        let mut t: Table<()> = Table::new(8);
+        let (kept, _) = t.insert(entry(0, now, day), (), true);
+        for i in 1..60_000u16 {
+            let (id, _) = t.insert(entry(i, now, day), (), true);
+            t.remove(id);
+        }
+        assert!(
+            t.armed() <= 2 * t.len() + 1024 + 1,
+            "{} deadlines held for {} flow",
+            t.armed(),
+            t.len()
+        );
+        // The live flow still expires when due, and nothing else comes out.
+        assert_eq!(t.pop_expired(now + day), Some(kept));
+        t.remove(kept);
+        assert_eq!(t.pop_expired(now + day + day), None);
     }
 }
