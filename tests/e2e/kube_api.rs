@@ -312,12 +312,23 @@ fn apply_deploy_rbac(api: &ApiServer) {
 }
 
 #[test]
-fn with_the_deploy_cluster_role_only_it_serves_and_an_event_names_a_refused_plugin_config() {
+fn with_the_deploy_cluster_role_only_it_serves_and_events_name_refused_and_disabled_plugins() {
     let api = ApiServer::start();
     apply_deploy_rbac(&api);
     let a = TcpBackend::local("a");
     let np = node_port();
     let refused_np = node_port();
+    let trapped_np = node_port();
+    // A plugin that traps on every select: disabled by backoff (failure policy open).
+    let trapped = Service::new("trapped")
+        .tcp("http", trapped_np)
+        .plugins("trap");
+    api.apply(Kind::Service, "trapped", &trapped.yaml());
+    api.apply(
+        Kind::EndpointSlice,
+        "trapped-a",
+        &slice_to("trapped-a", "trapped", &a),
+    );
     api.apply(
         Kind::Service,
         "web",
@@ -340,10 +351,16 @@ fn with_the_deploy_cluster_role_only_it_serves_and_an_event_names_a_refused_plug
         "plugins",
         &plugin_configmap(
             "plugins",
-            &[(
-                "source-ranges",
-                &std::fs::read(built_plugin("source-ranges")).expect("source-ranges"),
-            )],
+            &[
+                (
+                    "source-ranges",
+                    &std::fs::read(built_plugin("source-ranges")).expect("source-ranges"),
+                ),
+                (
+                    "trap",
+                    &std::fs::read(built_plugin("hostile/trap")).expect("trap"),
+                ),
+            ],
         ),
     );
     let dir = tempfile::tempdir().expect("plugin dir");
@@ -379,6 +396,21 @@ fn with_the_deploy_cluster_role_only_it_serves_and_an_event_names_a_refused_plug
         note.contains("source-ranges") && note.contains("198.18.0.0/33"),
         "{note}"
     );
+    // Every flow of the trapping plugin's Service is still served (open policy) until the
+    // plugin is disabled, which the Service's Events say.
+    wait_for(Duration::from_secs(20), "a PluginDisabled Event", || {
+        assert_eq!(answers(trapped_np, 5), ["a"; 5]);
+        events = api.get("/apis/events.k8s.io/v1/namespaces/e2e/events").1;
+        events.contains("PluginDisabled")
+    });
+    let list: serde_json::Value = serde_json::from_str(&events).expect("events JSON");
+    let ev = list["items"]
+        .as_array()
+        .and_then(|items| items.iter().find(|e| e["reason"] == "PluginDisabled"))
+        .expect("the event");
+    assert_eq!(ev["regarding"]["name"], "trapped");
+    let note = ev["note"].as_str().unwrap_or_default();
+    assert!(note.contains("plugin trap disabled"), "{note}");
     assert!(!d.log().contains("cannot publish the Event"), "{}", d.log());
 
     // The same identity is refused what nodeportd does not need.
