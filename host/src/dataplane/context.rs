@@ -41,6 +41,8 @@ pub(super) struct Ctx {
     flow_seq: u64,
     /// Flows tracked (TCP and UDP together), bounded by `max_flows_per_worker`.
     flows: usize,
+    /// The node's own addresses (`Control::NodeIps`; at start, `cfg.node_ips`).
+    pub(super) node_ips: Arc<[IpAddr]>,
 }
 
 impl Ctx {
@@ -55,6 +57,7 @@ impl Ctx {
     ) -> Self {
         Self {
             index,
+            node_ips: cfg.node_ips.clone().into(),
             cfg,
             registry,
             routes: FxHashMap::default(),
@@ -156,8 +159,7 @@ impl Ctx {
             SocketAddr::V4(_) => self.cfg.preserve_source_v4,
             SocketAddr::V6(_) => self.cfg.preserve_source_v6,
         };
-        let host_network =
-            endpoint.ip().is_loopback() || self.cfg.node_ips.contains(&endpoint.ip());
+        let host_network = endpoint.ip().is_loopback() || self.node_ips.contains(&endpoint.ip());
         (on && route.frontend.policy == TrafficPolicy::Local && !host_network)
             .then_some(client.ip())
     }

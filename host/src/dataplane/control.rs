@@ -43,6 +43,9 @@ pub enum Control {
         /// Acknowledgement.
         done: Sender<()>,
     },
+    /// The node's own addresses (from its interfaces and its Node object): an endpoint there
+    /// is host-network, and its flows never get the client's source address.
+    NodeIps(Arc<[std::net::IpAddr]>),
     /// Send back a copy of this worker's conntrack shard.
     Dump(Sender<Vec<Row>>),
     /// Answer once every earlier message has been applied.

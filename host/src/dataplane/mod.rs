@@ -66,6 +66,31 @@ pub struct Dataplane {
     open_sockets: i64,
     /// Node addresses in use (re-read by `refresh_addresses`).
     bind: BindAddresses,
+    /// The node's own addresses the workers know, when source preservation needs them.
+    own: Option<OwnAddresses>,
+}
+
+/// The node's own addresses, from its interfaces (re-read with the nodePort addresses) and
+/// from its Node object (the API source), as told to the workers.
+#[derive(Default)]
+struct OwnAddresses {
+    interfaces: Vec<std::net::IpAddr>,
+    node: Vec<std::net::IpAddr>,
+    told: Vec<std::net::IpAddr>,
+}
+
+impl OwnAddresses {
+    /// Their union, when it differs from what the workers were told last.
+    fn changed(&mut self) -> Option<Arc<[std::net::IpAddr]>> {
+        let mut all: Vec<_> = self.interfaces.iter().chain(&self.node).copied().collect();
+        all.sort();
+        all.dedup();
+        if all == self.told {
+            return None;
+        }
+        self.told = all.clone();
+        Some(all.into())
+    }
 }
 
 /// A cheap handle for reading the conntrack table from another thread (the admin server).
@@ -86,6 +111,14 @@ impl Dataplane {
     /// Starts the workers.
     pub fn start(cfg: DataplaneConfig, metrics: Arc<Metrics>) -> std::io::Result<Self> {
         let bind = cfg.bind.clone();
+        let own = (cfg.preserve_source_v4 || cfg.preserve_source_v6).then(|| {
+            let mut own = OwnAddresses {
+                interfaces: cfg.node_ips.clone(),
+                ..Default::default()
+            };
+            own.changed();
+            own
+        });
         let cfg = Arc::new(cfg);
         let mut parts = Vec::new();
         let mut peers = Vec::new();
@@ -112,6 +145,7 @@ impl Dataplane {
             metrics,
             open_sockets: 0,
             bind,
+            own,
         })
     }
 
@@ -207,6 +241,13 @@ impl Dataplane {
     /// Re-reads the node addresses (with --nodeport-addresses) and, when they changed,
     /// rebinds every frontend on the new set. Returns what could not be bound.
     pub fn refresh_addresses(&mut self) -> Vec<String> {
+        if let Some(own) = &mut self.own {
+            match listener::node_ips() {
+                Ok(ips) => own.interfaces = ips,
+                Err(e) => tracing::warn!(error = %e, "cannot read the node's addresses"),
+            }
+            self.tell_own_addresses();
+        }
         let now = match self.bind.refresh() {
             Ok(Some(now)) => now,
             Ok(None) => return Vec::new(),
@@ -226,6 +267,24 @@ impl Dataplane {
                 self.upsert(fe, chain).err().map(|e| format!("{name}: {e}"))
             })
             .collect()
+    }
+
+    /// The node's addresses from its Node object (`status.addresses`): with those of its
+    /// interfaces, endpoints there are host-network (no source preservation for them).
+    pub fn set_node_addresses(&mut self, ips: Vec<std::net::IpAddr>) {
+        if let Some(own) = &mut self.own {
+            own.node = ips;
+            self.tell_own_addresses();
+        }
+    }
+
+    fn tell_own_addresses(&mut self) {
+        if let Some(ips) = self.own.as_mut().and_then(OwnAddresses::changed) {
+            tracing::info!(addresses = ?ips, "node's own addresses (host-network endpoints)");
+            for p in self.peers.iter() {
+                p.send(Control::NodeIps(ips.clone()));
+            }
+        }
     }
 
     /// Removes a frontend: its sockets close (the port is released), its UDP flows are
@@ -339,5 +398,27 @@ impl Dataplane {
         self.programmed
             .get(key)
             .and_then(|p| p.route.chain.as_ref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OwnAddresses;
+
+    #[test]
+    fn own_addresses_are_told_as_one_sorted_union_and_only_when_it_changes() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().expect("ip");
+        let mut own = OwnAddresses {
+            interfaces: vec![ip("198.18.0.2"), ip("127.0.0.1")],
+            ..Default::default()
+        };
+        assert_eq!(
+            own.changed().as_deref(),
+            Some(&[ip("127.0.0.1"), ip("198.18.0.2")][..])
+        );
+        assert_eq!(own.changed(), None);
+        own.node = vec![ip("198.18.0.2"), ip("198.19.0.11")];
+        assert_eq!(own.changed().map(|a| a.len()), Some(3));
+        assert_eq!(own.changed(), None);
     }
 }

@@ -177,6 +177,7 @@ impl Worker {
                 }
                 let _ = done.send(());
             }
+            Control::NodeIps(ips) => self.ctx.node_ips = ips,
             Control::Dump(reply) => {
                 let _ = reply.send(self.dump());
             }

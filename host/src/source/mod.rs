@@ -72,6 +72,8 @@ pub enum SourceEvent {
     },
     /// This node's topology zone, from its Node object (None: it has no zone label).
     NodeZone(Option<String>),
+    /// This node's addresses, from its Node object's `status.addresses`.
+    NodeAddresses(Vec<std::net::IpAddr>),
     /// The first complete listing has been delivered.
     Synced,
 }

@@ -150,6 +150,10 @@ impl Sync {
                 return;
             }
             SourceEvent::Removed { origin } => self.store.remove_origin(&origin),
+            SourceEvent::NodeAddresses(ips) => {
+                self.dataplane.set_node_addresses(ips);
+                return;
+            }
             SourceEvent::NodeZone(zone) => {
                 tracing::info!(zone = zone.as_deref().unwrap_or("<none>"), "node zone");
                 self.store.set_zone(zone)

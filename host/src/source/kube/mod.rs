@@ -130,7 +130,7 @@ impl Source for KubeSource {
     fn start(mut self: Box<Self>, sink: Sink) -> anyhow::Result<()> {
         let s = &self.settings;
         let c = &self.client;
-        let kinds = 2 + usize::from(s.node_zone) + usize::from(s.plugins.is_some());
+        let kinds = 3 + usize::from(s.plugins.is_some());
         let first = FirstListing::new(kinds, sink.clone());
         let rt = self.runtime.clone();
         // Plugin files first, so the first listing of Services finds them on disk.
@@ -160,16 +160,14 @@ impl Source for KubeSource {
             first.clone(),
         );
         rt.spawn(run);
-        if s.node_zone {
-            let (_, run) = watch::watch(
-                Api::<Node>::all(c.clone()),
-                watcher::Config::default().fields(&format!("metadata.name={}", s.node)),
-                "Node",
-                node::NodeZone::new(sink.clone()),
-                first,
-            );
-            rt.spawn(run);
-        }
+        let (_, run) = watch::watch(
+            Api::<Node>::all(c.clone()),
+            watcher::Config::default().fields(&format!("metadata.name={}", s.node)),
+            "Node",
+            node::ThisNode::new(sink.clone(), s.node_zone),
+            first,
+        );
+        rt.spawn(run);
         if let Some(rx) = self.notices.take() {
             rt.spawn(events::publish(c.clone(), s.node.clone(), services, rx));
         }
