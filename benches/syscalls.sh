@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# System calls per request and per new connection, nodeportd against HAProxy (mode tcp), the
+# same load through each: the count issue 10 asks for before cutting them. Counts, not speed:
+# strace slows every call down, so only the calls per request are meaningful here.
+#
+# Everything runs on the loopback of a network namespace of its own (fixed ports cannot be
+# taken by anyone else there): nginx as the endpoint, nodeportd (release binary, 2 workers) and
+# HAProxy (2 threads) in front of it, wrk as the client. Per proxy and load (wrk -t1 -c16 for
+# BENCH_SECONDS, keep-alive and `Connection: close`), `strace -c` on every thread of the proxy
+# counts its system calls; divided by the requests wrk completed.
+#
+#   benches/syscalls.sh          (as root; cargo build --release -p nodeportd first)
+#   BENCH_SECONDS=5 NODEPORTD=target/release/nodeportd
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${BENCH_SECONDS:-5}
+NODEPORTD=${NODEPORTD:-target/release/nodeportd}
+[ -x "$NODEPORTD" ] || { echo "no $NODEPORTD: cargo build --release -p nodeportd" >&2; exit 1; }
+for c in wrk nginx haproxy strace; do
+  command -v $c >/dev/null || { apt-get install -y -qq wrk nginx-light haproxy strace >/dev/null; break; }
+done
+NS=npsys-$$
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  sleep 0.2
+  ip netns del "$NS" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 1' INT TERM
+ip netns add "$NS"
+ip -n "$NS" link set lo up
+in_ns() { ip netns exec "$NS" "$@"; }
+
+cat > "$WORK/nginx.conf" <<EOF
+worker_processes 1; daemon off; pid $WORK/nginx.pid; error_log /dev/null;
+events { worker_connections 1024; }
+http { access_log off; server { listen 127.0.0.1:8080; location / { return 200 "ok\n"; } } }
+EOF
+ip netns exec "$NS" nginx -c "$WORK/nginx.conf" & PIDS+=($!)
+mkdir -p "$WORK/m"
+cat > "$WORK/m/svc.yaml" <<EOF
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: bench}
+spec: {type: NodePort, ports: [{name: http, protocol: TCP, port: 80, targetPort: 8080, nodePort: 30080}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web, namespace: bench, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, protocol: TCP, port: 8080}]
+endpoints: [{addresses: ["127.0.0.1"], conditions: {ready: true}}]
+EOF
+ip netns exec "$NS" "$NODEPORTD" run --manifests "$WORK/m" --node-name bench --workers 2 --preserve-source off \
+  --nodeport-addresses 127.0.0.1/32 --healthz-bind-address 127.0.0.1:10256 \
+  --metrics-bind-address 127.0.0.1:10249 > "$WORK/nodeportd.log" 2>&1 & PIDS+=($!)
+NP_PID=$!
+cat > "$WORK/haproxy.cfg" <<EOF
+global
+  nbthread 2
+defaults
+  mode tcp
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+listen web
+  bind 127.0.0.1:31080
+  server s1 127.0.0.1:8080
+EOF
+ip netns exec "$NS" haproxy -f "$WORK/haproxy.cfg" -db > "$WORK/haproxy.log" 2>&1 & PIDS+=($!)
+HA_PID=$!
+for _ in $(seq 100); do
+  in_ns curl -sf -o /dev/null http://127.0.0.1:10256/readyz && in_ns curl -sf -o /dev/null http://127.0.0.1:31080/ && break
+  sleep 0.1
+done
+
+# count PID PORT [wrk args...]: "<syscalls> <requests>"
+count() {
+  local pid=$1 port=$2; shift 2
+  local tids
+  tids=$(ls /proc/"$pid"/task | sed 's/^/-p /' | tr '\n' ' ')
+  # shellcheck disable=SC2086
+  strace -c -f $tids -o "$WORK/strace.out" 2>/dev/null & local st=$!
+  sleep 0.5
+  local out
+  out=$(in_ns timeout $((SECS + 10)) wrk -t1 -c16 -d"${SECS}s" "$@" "http://127.0.0.1:$port/")
+  kill -TERM "$st"; wait "$st" 2>/dev/null || true
+  local calls reqs
+  # the total line: % time, seconds, usecs/call, calls, errors, "total"
+  calls=$(awk '$NF == "total" {print $4}' "$WORK/strace.out")
+  reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+  # the five most frequent calls, per request, for the line after the table row
+  awk -v r="$reqs" '$NF != "total" && $NF != "syscall" && $4 ~ /^[0-9]+$/ {printf "%s %.2f\n", $NF, $4 / r}' \
+    "$WORK/strace.out" | sort -k2 -nr | head -5 | tr '\n' ' ' > "$WORK/top"
+  echo "$calls $reqs"
+}
+
+printf '%-10s %-10s %10s %10s %14s\n' proxy load requests syscalls syscalls/req
+for proxy in nodeportd haproxy; do
+  if [ $proxy = nodeportd ]; then pid=$NP_PID port=30080; else pid=$HA_PID port=31080; fi
+  for load in keepalive close; do
+    if [ $load = close ]; then set -- -H "Connection: close"; else set --; fi
+    read -r calls reqs < <(count "$pid" "$port" "$@")
+    printf '%-10s %-10s %10s %10s %14.1f\n' $proxy $load "$reqs" "$calls" \
+      "$(awk -v c="$calls" -v r="$reqs" 'BEGIN {print c / r}')"
+    echo "           per request: $(cat "$WORK/top")"
+  done
+done
