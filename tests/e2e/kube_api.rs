@@ -302,6 +302,23 @@ fn a_plugin_delivered_by_configmap_is_used_and_swapped() {
     );
 }
 
+/// The first Event of the test namespace with `reason`, waited for (bounded) while `meanwhile`
+/// runs between polls.
+fn event(api: &ApiServer, reason: &str, mut meanwhile: impl FnMut()) -> serde_json::Value {
+    let mut found = None;
+    wait_for(Duration::from_secs(20), reason, || {
+        meanwhile();
+        let list: serde_json::Value =
+            serde_json::from_str(&api.get("/apis/events.k8s.io/v1/namespaces/e2e/events").1)
+                .unwrap_or_default();
+        found = list["items"]
+            .as_array()
+            .and_then(|items| items.iter().find(|e| e["reason"] == reason).cloned());
+        found.is_some()
+    });
+    found.expect("the event")
+}
+
 /// The deploy/ RBAC objects, applied one by one.
 fn apply_deploy_rbac(api: &ApiServer) {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/rbac.yaml"))
@@ -372,16 +389,7 @@ fn with_the_deploy_cluster_role_only_it_serves_and_events_name_refused_and_disab
     assert_eq!(answers(np, 5), ["a"; 5], "{}", d.log());
     // The refused config leaves the native default serving, and says so on the Service.
     assert_eq!(answers(refused_np, 3), ["a"; 3]);
-    let mut events = String::new();
-    wait_for(Duration::from_secs(20), "an Event on the Service", || {
-        events = api.get("/apis/events.k8s.io/v1/namespaces/e2e/events").1;
-        events.contains("PluginNotApplied")
-    });
-    let list: serde_json::Value = serde_json::from_str(&events).expect("events JSON");
-    let ev = list["items"]
-        .as_array()
-        .and_then(|items| items.iter().find(|e| e["reason"] == "PluginNotApplied"))
-        .expect("the event");
+    let ev = event(&api, "PluginNotApplied", || ());
     assert_eq!(ev["regarding"]["kind"], "Service");
     assert_eq!(ev["regarding"]["name"], "strict");
     assert!(
@@ -398,16 +406,9 @@ fn with_the_deploy_cluster_role_only_it_serves_and_events_name_refused_and_disab
     );
     // Every flow of the trapping plugin's Service is still served (open policy) until the
     // plugin is disabled, which the Service's Events say.
-    wait_for(Duration::from_secs(20), "a PluginDisabled Event", || {
+    let ev = event(&api, "PluginDisabled", || {
         assert_eq!(answers(trapped_np, 5), ["a"; 5]);
-        events = api.get("/apis/events.k8s.io/v1/namespaces/e2e/events").1;
-        events.contains("PluginDisabled")
     });
-    let list: serde_json::Value = serde_json::from_str(&events).expect("events JSON");
-    let ev = list["items"]
-        .as_array()
-        .and_then(|items| items.iter().find(|e| e["reason"] == "PluginDisabled"))
-        .expect("the event");
     assert_eq!(ev["regarding"]["name"], "trapped");
     let note = ev["note"].as_str().unwrap_or_default();
     assert!(note.contains("plugin trap disabled"), "{note}");

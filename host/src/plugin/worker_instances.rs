@@ -372,7 +372,9 @@ fn failed(
                     name: chain.name.clone(),
                     reason: Reason::PluginDisabled,
                     message: format!(
-                        "plugin {plugin} disabled for {backoff:?} on worker {worker} after {}: {failure}; failure policy {:?} decides meanwhile",
+                        // No worker in the text: every worker's disable is one notice, so
+                        // the Event rate limit folds them together.
+                        "plugin {plugin} disabled for {backoff:?} on a worker after {}: {failure}; failure policy {:?} decides meanwhile",
                         cause.as_str(),
                         chain.policy
                     ),
