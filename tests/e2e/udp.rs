@@ -82,7 +82,7 @@ fn udp_many_clients_in_parallel() {
 }
 
 /// As kube-proxy clears stale UDP conntrack entries: when a flow's endpoint stops serving, the
-/// flow is dropped and the client's next datagram (same source port) goes to a serving one.
+/// flow is retired and the client's next datagram (same source port) goes to a serving one.
 #[test]
 fn udp_flow_moves_when_its_endpoint_goes_away() {
     let u1 = UdpBackend::local("u1");
@@ -96,15 +96,58 @@ fn udp_flow_moves_when_its_endpoint_goes_away() {
     assert_eq!(udp_ask(&c, "1").unwrap(), "u1:1");
 
     m.write("slice.yaml", &slices("dns", "dns", "UDP", &[u2.addr()]));
-    wait_for(SETTLE, "the stale UDP flow to be cleared", || {
-        rows(&d.conntrack(), "udp").is_empty()
+    wait_for(SETTLE, "the stale UDP flow to be retired", || {
+        rows(&d.conntrack(), "udp")
+            .iter()
+            .all(|r| r["state"] == "RETIRED")
     });
     assert_eq!(
         udp_ask(&c, "2").unwrap(),
         "u2:2",
         "the client's flow still went to the old endpoint"
     );
-    let r = &rows(&d.conntrack(), "udp")[0];
-    assert_eq!(r["endpoint"], u2.addr().to_string());
+    let live: Vec<_> = (rows(&d.conntrack(), "udp").into_iter())
+        .filter(|r| r["state"] != "RETIRED")
+        .collect();
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_eq!(live[0]["endpoint"], u2.addr().to_string());
     assert_eq!(u1.received(), 1);
+    wait_for(SETTLE, "the retired flow to end after its grace", || {
+        rows(&d.conntrack(), "udp").len() == 1
+    });
+}
+
+/// A request in flight when its endpoint is removed is still answered: the retired flow
+/// relays the old endpoint's late reply (kube-proxy's conntrack flush loses it), while the
+/// client's next request already goes to the new endpoint.
+#[test]
+fn a_reply_in_flight_when_its_endpoint_is_removed_still_arrives() {
+    let slow = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let u2 = UdpBackend::local("u2");
+    let np = node_port();
+    let m = Manifests::new();
+    m.write("svc.yaml", &Service::new("dns").udp("dns", np).yaml());
+    let old = slow.local_addr().unwrap();
+    m.write("slice.yaml", &slices("dns", "dns", "UDP", &[old]));
+    let d = Daemon::start(m.path(), &LO_ONLY);
+    let c = udp_client(lo(np), Duration::from_secs(3));
+    c.send(b"question").unwrap();
+    let mut buf = [0u8; 64];
+    let (n, via) = slow
+        .recv_from(&mut buf)
+        .expect("the request reached the old endpoint");
+    assert_eq!(&buf[..n], b"question");
+
+    // The endpoint leaves the slice before it answers.
+    m.write("slice.yaml", &slices("dns", "dns", "UDP", &[u2.addr()]));
+    wait_for(SETTLE, "the flow to be retired", || {
+        rows(&d.conntrack(), "udp")
+            .iter()
+            .any(|r| r["state"] == "RETIRED")
+    });
+    slow.send_to(b"late answer", via).unwrap();
+    let n = c.recv(&mut buf).expect("the late reply reached the client");
+    assert_eq!(&buf[..n], b"late answer");
+    assert_eq!(udp_ask(&c, "next").unwrap(), "u2:next");
 }

@@ -41,6 +41,10 @@ pub enum State {
     Unreplied,
     /// UDP: the endpoint has answered.
     Replied,
+    /// UDP: its endpoint stopped serving. It is no longer the client's flow (the client's next
+    /// datagram starts a new one, to a serving endpoint), but a reply still on its way from
+    /// the old endpoint is relayed until a short grace period ends.
+    Retired,
 }
 
 /// Bytes and packets one way.
@@ -270,6 +274,21 @@ impl<T> Table<T> {
             .map(|s| (&mut s.entry, &mut s.io, s.generation))
     }
 
+    /// Takes flow `id` out of the tuple index (a new flow may then take its tuple) and gives it
+    /// `timeout` from now; it stays in the table, reachable by id, until that passes.
+    pub fn retire(&mut self, id: FlowId, now: Instant, timeout: Duration) {
+        let Some(slot) = self.slots.get_mut(id) else {
+            return;
+        };
+        if self.by_tuple.get(&slot.entry.tuple) == Some(&id) {
+            self.by_tuple.remove(&slot.entry.tuple);
+        }
+        slot.entry.state = State::Retired;
+        slot.entry.last_seen = now;
+        slot.entry.timeout = timeout;
+        self.rearm(id);
+    }
+
     /// Removes a flow and returns what it held.
     pub fn remove(&mut self, id: FlowId) -> Option<(Entry, T)> {
         let slot = self.slots.try_remove(id)?;
@@ -372,6 +391,32 @@ mod tests {
         };
         let endpoint = SocketAddr::from(([198, 18, 1, 2], 53));
         Entry::new(tuple, frontend, endpoint, State::Unreplied, now, timeout)
+    }
+
+    #[test]
+    fn a_retired_flow_leaves_the_index_and_expires_after_its_grace() {
+        let now = Instant::now();
+        let mut t: Table<()> = Table::new(4);
+        let e = entry(1000, now, Duration::from_secs(120));
+        let tuple = e.tuple;
+        let (old, _) = t.insert(e, (), true);
+        t.retire(old, now, Duration::from_secs(2));
+        assert_eq!(
+            t.lookup(&tuple),
+            None,
+            "the client's next datagram starts a new flow"
+        );
+        let (new, _) = t.insert(entry(1000, now, Duration::from_secs(120)), (), true);
+        assert_eq!(t.lookup(&tuple), Some(new));
+        assert_eq!(t.len(), 2, "the retired flow still relays replies");
+        assert_eq!(t.pop_expired(now + Duration::from_secs(1)), None);
+        assert_eq!(t.pop_expired(now + Duration::from_secs(2)), Some(old));
+        t.remove(old);
+        assert_eq!(
+            t.lookup(&tuple),
+            Some(new),
+            "removing the old flow keeps the new one indexed"
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::io;
 use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mio::Interest;
 
@@ -26,6 +26,9 @@ use super::route::Route;
 use super::token::{self, FlowRef};
 use crate::model::{FrontendKey, Protocol};
 use crate::policy::{Ending, FlowInfo};
+
+/// How long a retired flow (its endpoint stopped serving) still relays replies.
+const RETIRE_GRACE: Duration = Duration::from_secs(2);
 
 /// A UDP flow's upstream socket and the nodePort socket it answers through.
 struct UdpFlow {
@@ -97,12 +100,28 @@ impl Udp {
         self.close_where(ctx, |_, u| u.listener == idx);
     }
 
-    /// Removes flows of `key` whose endpoint no longer serves (all of them when the frontend
-    /// is gone), as kube-proxy clears stale UDP conntrack entries.
+    /// Clears flows of `key` whose endpoint no longer serves (all of them when the frontend
+    /// is gone), as kube-proxy clears stale UDP conntrack entries: the client's next datagram
+    /// starts a new flow to a serving endpoint at once. Unlike a flushed kernel entry, the old
+    /// flow is retired rather than closed, so a reply already on its way from the old endpoint
+    /// still reaches the client during [`RETIRE_GRACE`] (a request in flight when its endpoint
+    /// was removed is answered, not lost).
     pub(super) fn clear_flows(&mut self, ctx: &mut Ctx, key: FrontendKey, route: Option<&Route>) {
-        self.close_where(ctx, |e, _| {
-            e.frontend == key && !route.is_some_and(|r| r.frontend.is_serving(&e.endpoint))
-        });
+        let ids: Vec<FlowId> = (self.table.iter())
+            .filter(|(_, e, _)| {
+                e.frontend == key
+                    && e.state != State::Retired
+                    && !route.is_some_and(|r| r.frontend.is_serving(&e.endpoint))
+            })
+            .map(|(id, _, _)| id)
+            .collect();
+        let grace = match ctx.cfg.udp_timeout {
+            t if t.is_zero() => RETIRE_GRACE,
+            t => RETIRE_GRACE.min(t),
+        };
+        for id in ids {
+            self.table.retire(id, ctx.now, grace);
+        }
     }
 
     fn close_where(&mut self, ctx: &mut Ctx, doomed: impl Fn(&Entry, &UdpFlow) -> bool) {
@@ -298,7 +317,9 @@ impl Udp {
                     continue;
                 }
             };
-            entry.last_seen = ctx.now;
+            if entry.state != State::Retired {
+                entry.last_seen = ctx.now;
+            }
             if entry.state == State::Unreplied {
                 entry.state = State::Replied;
                 entry.timeout = ctx.cfg.udp_stream_timeout;
