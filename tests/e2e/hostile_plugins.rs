@@ -1,8 +1,9 @@
-//! Hostile plugins, built with the test suite (plugins/hostile): an endless loop, unbounded
-//! memory growth, a trap, an out-of-range answer, a flood of log calls, and a component with
-//! the wrong exports. Each must be caught, counted by kind, logged with the Service and plugin
-//! name and handled by the failure policy (open: the native default serves; closed: the flow
-//! is refused), while the daemon keeps serving a Service without plugins.
+//! Hostile plugins, built with the test suite (plugins/hostile): an endless loop (in a
+//! per-flow call and in `set-backends`), unbounded memory growth, a trap, an out-of-range
+//! answer, a flood of log calls, and a component with the wrong exports. Each must be caught,
+//! counted by kind, logged with the Service and plugin name and handled by the failure policy
+//! (open: the native default serves; closed: the flow is refused), while the daemon keeps
+//! serving a Service without plugins.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -122,6 +123,18 @@ fn contained(plugin: &str, kind: &str, extra: &[&str]) -> Setup {
 #[test]
 fn endless_loop_is_interrupted_at_the_deadline() {
     contained("hostile/spin", "deadline", &[]);
+}
+
+/// A plugin spinning in `set-backends` (run on a setup thread, its flows parked meanwhile):
+/// the flows that waited for it get the failure policy once the setup deadline passes.
+/// tests/e2e/plugin_setup.rs shows that other Services on its worker do not wait.
+#[test]
+fn endless_loop_in_set_backends_is_interrupted_at_the_setup_deadline() {
+    contained(
+        "hostile/spin-set-backends",
+        "deadline",
+        &["--plugin-setup-deadline", "50ms"],
+    );
 }
 
 #[test]

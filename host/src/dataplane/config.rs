@@ -38,6 +38,12 @@ pub struct DataplaneConfig {
 }
 
 impl DataplaneConfig {
+    /// Longest a new flow waits for its plugin's setup (see `parked`): twice the setup
+    /// deadline, so a setup that runs into its deadline is booked before flows give up.
+    pub fn park_limit(&self) -> Duration {
+        (self.plugins.as_ref()).map_or(Duration::ZERO, |rt| rt.config().setup_deadline * 2)
+    }
+
     /// The CLI's defaults (kube-proxy's and the kernel's timeouts) on `bind`, one worker,
     /// plugins off: what tests and benchmarks start from.
     pub fn new(bind: BindAddresses) -> Self {

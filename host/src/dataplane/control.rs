@@ -50,6 +50,8 @@ pub enum Control {
     Dump(Sender<Vec<Row>>),
     /// Answer once every earlier message has been applied.
     Barrier(Sender<()>),
+    /// A plugin setup this worker started is back: flows parked on it are decided again.
+    PluginSetup(Box<crate::plugin::setup::Done>),
     /// Close listeners, let flows finish until the deadline, then exit.
     Shutdown(Instant),
 }

@@ -9,6 +9,7 @@ mod context;
 pub mod control;
 pub mod listener;
 mod nodeports;
+mod parked;
 pub mod pktinfo;
 mod proxy_header;
 pub mod refusal;

@@ -53,7 +53,9 @@ impl From<Refused> for Refusal {
         match r {
             Refused::NoEndpoint => Self::NoEndpoint,
             Refused::Denied => Self::Denied,
-            Refused::PluginFailed => Self::PluginFailed,
+            // A flow is only refused as Pending where it could not wait: the plugin's setup
+            // did not come back in time, which the Service's failure policy calls a failure.
+            Refused::PluginFailed | Refused::Pending => Self::PluginFailed,
         }
     }
 }

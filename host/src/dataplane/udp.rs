@@ -21,11 +21,12 @@ use super::conntrack::{Entry, FlowId, Row, State, Table, Tuple};
 use super::context::Ctx;
 use super::listener::udp_upstream;
 use super::nodeports::NodePorts;
+use super::parked::{self, Parked};
 use super::refusal::Refusal;
 use super::route::Route;
 use super::token::{self, FlowRef};
 use crate::model::{FrontendKey, Protocol};
-use crate::policy::{Ending, FlowInfo};
+use crate::policy::{Ending, FlowInfo, Refused};
 
 /// How long a retired flow (its endpoint stopped serving) still relays replies.
 const RETIRE_GRACE: Duration = Duration::from_secs(2);
@@ -41,11 +42,32 @@ struct UdpFlow {
     flow: FlowInfo,
 }
 
+/// A datagram parked (copied) until its flow's plugin is set up.
+struct Datagram {
+    listener: usize,
+    key: FrontendKey,
+    tuple: Tuple,
+    data: Vec<u8>,
+}
+
+/// What a datagram without a flow led to.
+enum Started {
+    /// A new flow.
+    Flow(FlowId),
+    /// None: refused or undeliverable (counted).
+    Refused,
+    /// Its policy waits for a plugin setup: park the datagram.
+    Pending,
+}
+
 /// A worker's UDP listeners and flows.
 pub(super) struct Udp {
     listeners: NodePorts<mio::net::UdpSocket>,
     table: Table<UdpFlow>,
     batch: Box<Batch>,
+    parked: Parked<Datagram>,
+    /// Buffers of datagrams that were parked, for the next ones.
+    spare: Vec<Vec<u8>>,
 }
 
 impl Udp {
@@ -55,6 +77,8 @@ impl Udp {
             listeners: NodePorts::new(Protocol::Udp),
             table: Table::new(cfg.max_flows_per_worker),
             batch: Box::new(Batch::new()),
+            parked: Parked::new(parked::UDP),
+            spare: Vec::new(),
         }
     }
 
@@ -97,6 +121,7 @@ impl Udp {
 
     fn close_listener(&mut self, ctx: &mut Ctx, idx: usize) {
         self.listeners.remove(&ctx.registry, idx);
+        self.parked.drop_where(|d| d.listener == idx);
         self.close_where(ctx, |_, u| u.listener == idx);
     }
 
@@ -140,16 +165,71 @@ impl Udp {
         }
     }
 
-    /// Idle flows.
+    /// Idle flows, datagrams parked too long.
     pub(super) fn run_timers(&mut self, ctx: &mut Ctx) {
+        if self.parked.overdue(ctx.now, ctx.cfg.park_limit()) {
+            self.resume(ctx, false);
+        }
         while let Some(id) = self.table.pop_expired(ctx.now) {
             self.close_flow(ctx, id, Ending::Closed);
         }
     }
 
     /// The earliest expiry.
-    pub(super) fn next_deadline(&self) -> Option<Instant> {
-        self.table.next_deadline()
+    pub(super) fn next_deadline(&self, ctx: &Ctx) -> Option<Instant> {
+        let parked = self.parked.next_deadline(ctx.cfg.park_limit());
+        [parked, self.table.next_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Decides parked datagrams again: all of them (`all`, a setup came back) or those that
+    /// waited their limit, which the failure policy now decides without waiting.
+    pub(super) fn resume(&mut self, ctx: &mut Ctx, all: bool) {
+        let limit = ctx.cfg.park_limit();
+        let mut q = self.parked.take();
+        for (since, d) in q.drain(..) {
+            if !all && ctx.now < since + limit {
+                self.parked.push(since, d);
+                continue;
+            }
+            let id = match self.table.lookup(&d.tuple) {
+                Some(id) => Some(id),
+                None => {
+                    ctx.policy.may_wait = self.parked.may_wait(since, ctx.now, limit);
+                    match self.new_flow(ctx, d.listener, d.key, d.tuple) {
+                        Started::Flow(id) => Some(id),
+                        Started::Refused => None,
+                        Started::Pending => {
+                            self.parked.push(since, d);
+                            continue;
+                        }
+                    }
+                }
+            };
+            if let Some(id) = id {
+                self.forward_parked(ctx, id, &d.data);
+            }
+            if self.spare.len() < parked::UDP {
+                self.spare.push(d.data);
+            }
+        }
+        self.parked.give_back(q);
+    }
+
+    /// Copies received datagram `i` aside until its flow's plugin is set up.
+    fn park(&mut self, ctx: &Ctx, listener: usize, key: FrontendKey, tuple: Tuple, i: usize) {
+        let mut data = self.spare.pop().unwrap_or_default();
+        data.clear();
+        data.extend_from_slice(self.batch.payload(i));
+        let d = Datagram {
+            listener,
+            key,
+            tuple,
+            data,
+        };
+        self.parked.push(ctx.now, d);
     }
 
     /// This shard's flows, as the conntrack dump shows them.
@@ -187,7 +267,18 @@ impl Udp {
                 };
                 let id = match self.table.lookup(&tuple) {
                     Some(id) => Some(id),
-                    None => self.new_flow(ctx, idx, key, tuple),
+                    None => {
+                        let limit = ctx.cfg.park_limit();
+                        ctx.policy.may_wait = self.parked.may_wait(ctx.now, ctx.now, limit);
+                        match self.new_flow(ctx, idx, key, tuple) {
+                            Started::Flow(id) => Some(id),
+                            Started::Refused => None,
+                            Started::Pending => {
+                                self.park(ctx, idx, key, tuple, i);
+                                None
+                            }
+                        }
+                    }
                 };
                 match (run, id) {
                     (Some((flow, _)), Some(id)) if flow == id => {}
@@ -208,14 +299,10 @@ impl Udp {
         }
     }
 
-    fn new_flow(
-        &mut self,
-        ctx: &mut Ctx,
-        idx: usize,
-        key: FrontendKey,
-        tuple: Tuple,
-    ) -> Option<FlowId> {
-        let route = ctx.routes.get(&key).cloned()?;
+    fn new_flow(&mut self, ctx: &mut Ctx, idx: usize, key: FrontendKey, tuple: Tuple) -> Started {
+        let Some(route) = ctx.routes.get(&key).cloned() else {
+            return Started::Refused;
+        };
         let flow = ctx.new_flow(key, tuple.client, tuple.node);
         let backends = route.backends(flow.family);
         let picked = (ctx.policy)
@@ -226,9 +313,10 @@ impl Udp {
             });
         let (flow, endpoint) = match picked {
             Ok(pair) => pair,
+            Err(Refused::Pending) => return Started::Pending,
             Err(why) => {
                 route.refuse(why);
-                return None;
+                return Started::Refused;
             }
         };
         let source = ctx.source_for(&route, &tuple.client, &endpoint);
@@ -237,12 +325,12 @@ impl Udp {
             Err(e) => {
                 tracing::debug!(%endpoint, error = %e, "cannot open UDP socket to endpoint");
                 route.metrics.refuse(Refusal::Dropped);
-                return None;
+                return Started::Refused;
             }
         };
         if !ctx.take_slot() {
             route.metrics.refuse(Refusal::TableFull);
-            return None;
+            return Started::Refused;
         }
         let (timeout, now) = (ctx.cfg.udp_timeout, ctx.now);
         let entry = Entry::new(tuple, key, endpoint, State::Unreplied, now, timeout);
@@ -254,17 +342,19 @@ impl Udp {
         };
         let (id, generation) = self.table.insert(entry, u, true);
         let token = token::flow(Protocol::Udp, id, generation, true);
-        let (_, u) = self.table.get_mut(id, generation)?;
+        let Some((_, u)) = self.table.get_mut(id, generation) else {
+            return Started::Refused;
+        };
         if let Err(e) = (ctx.registry).register(&mut u.upstream, token, Interest::READABLE) {
             tracing::warn!(error = %e, "cannot watch UDP upstream socket");
             u.route.metrics.refuse(Refusal::Dropped);
             self.table.remove(id);
             ctx.release_slot();
-            return None;
+            return Started::Refused;
         }
         u.route.metrics.flows.inc();
         u.route.metrics.active.inc();
-        Some(id)
+        Started::Flow(id)
     }
 
     /// Sends received datagrams `range` to the flow's endpoint.
@@ -287,6 +377,22 @@ impl Udp {
         }
     }
 
+    /// Sends one parked datagram to the flow's endpoint.
+    fn forward_parked(&mut self, ctx: &Ctx, id: FlowId, data: &[u8]) {
+        let Some((entry, u, _)) = self.table.get_by_id(id) else {
+            return;
+        };
+        entry.last_seen = ctx.now;
+        match u.upstream.send(data) {
+            Ok(n) => {
+                entry.orig.bytes += n as u64;
+                entry.orig.packets += 1;
+                u.route.metrics.bytes_in.inc_by(n as u64);
+            }
+            Err(_) => u.route.metrics.refuse(Refusal::Dropped),
+        }
+    }
+
     /// Relays every reply queued on a flow's upstream socket back to the client, in batches,
     /// from the node address the client used.
     pub(super) fn reply(&mut self, ctx: &Ctx, f: FlowRef) {
@@ -297,6 +403,7 @@ impl Udp {
             table,
             listeners,
             batch,
+            ..
         } = self;
         let Some((entry, u)) = table.get_mut(f.id, generation) else {
             return;

@@ -47,7 +47,13 @@ impl Worker {
         peers: Arc<[Peer]>,
     ) -> io::Result<Self> {
         let now = Instant::now();
-        let plugins = Box::new(WorkerInstances::new(cfg.plugins.clone(), index));
+        // Plugin setups run on the setup threads; their outcome comes back as a control message.
+        let me = peers[index].clone();
+        let reply: crate::plugin::setup::Reply = Arc::new(move |done| {
+            me.send(Control::PluginSetup(Box::new(done)));
+        });
+        let plugins = WorkerInstances::off_worker(cfg.plugins.clone(), index, reply);
+        let plugins = Box::new(plugins);
         let policy = PolicyState::new(index, plugins, now);
         let registry = parts.poll.registry().try_clone()?;
         Ok(Self {
@@ -110,8 +116,8 @@ impl Worker {
         let now = self.ctx.now;
         let next = [
             Some(now + Duration::from_secs(1)),
-            self.tcp.next_deadline(),
-            self.udp.next_deadline(),
+            self.tcp.next_deadline(&self.ctx),
+            self.udp.next_deadline(&self.ctx),
             self.shutdown,
         ];
         let next = next.into_iter().flatten().min().unwrap_or(now);
@@ -183,6 +189,12 @@ impl Worker {
             }
             Control::Barrier(done) => {
                 let _ = done.send(());
+            }
+            Control::PluginSetup(done) => {
+                ctx.policy.setup_done(*done);
+                self.tcp.resume(ctx, true);
+                self.udp.resume(ctx, true);
+                ctx.policy.settled();
             }
             Control::Shutdown(deadline) => {
                 self.tcp.close_listeners(ctx);

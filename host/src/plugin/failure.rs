@@ -21,6 +21,9 @@ pub enum FailureKind {
     Configure,
     /// The plugin is disabled after repeated failures; the call was not made.
     Disabled,
+    /// Not a failure: the instance is being set up off the worker, the call was not made.
+    /// Never counted (it is not in [`Self::ALL`]); the caller parks the flow and asks again.
+    Pending,
 }
 
 impl FailureKind {
@@ -45,6 +48,7 @@ impl FailureKind {
             Self::Instantiate => "instantiate",
             Self::Configure => "configure",
             Self::Disabled => "disabled",
+            Self::Pending => "pending",
         }
     }
 

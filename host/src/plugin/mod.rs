@@ -14,6 +14,8 @@
 //! - [`host_state`]: what an instance's store carries (memory limiter, log budget, random).
 //! - [`instance`]: one live instance and its typed calls.
 //! - [`worker_instances`]: a worker's instances; each call's outcome counted and logged.
+//! - [`setup`]: instances made, configured and given endpoints on setup threads.
+//! - [`slot`]: one plugin on one worker, and how its failures are booked.
 //! - [`backoff`]: failure counting, disable, probation (a pure state machine).
 //! - [`failure`]: the ways a call can fail.
 
@@ -28,6 +30,8 @@ pub mod instance;
 pub mod loader;
 pub mod probe;
 pub mod runtime;
+pub mod setup;
+pub mod slot;
 pub mod wire;
 pub mod worker_instances;
 

@@ -1,6 +1,7 @@
 //! The plugin runtime: one wasmtime Engine for the daemon (pooling allocator sized by the
 //! limits), the Linker that offers the `host` imports, the epoch ticker that enforces call
-//! deadlines, and the limits themselves ([`RuntimeConfig`]). Loading is [`super::loader`].
+//! deadlines, the setup threads ([`super::setup`]) and the limits themselves
+//! ([`RuntimeConfig`]). Loading is [`super::loader`].
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -61,6 +62,8 @@ pub struct Runtime {
     pub(super) code: CodeCache,
     /// Log lines plugins wrote over their budget (all plugins).
     pub logs_dropped: Counter,
+    /// Where workers' instances are made, configured and given endpoints.
+    pub(super) setup: super::setup::Pool,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -114,6 +117,7 @@ impl Runtime {
             engine,
             linker,
             code: CodeCache::new(cfg.cache_dir.clone()),
+            setup: super::setup::Pool::start()?,
             cfg,
             origin: Instant::now(),
             logs_dropped,

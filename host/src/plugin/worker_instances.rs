@@ -6,6 +6,12 @@
 //! (re-made on the next call). What a failure means for the flow (the Service's failure
 //! policy) is the caller's decision, not made here.
 //!
+//! Only `admit`, `affinity-key` and `select` run here. When a call finds the instance missing,
+//! its handle not configured or its endpoint list out of date, the instance is lent to a
+//! setup thread ([`super::setup`]) and the call answers [`FailureKind::Pending`]: the caller
+//! parks the flow and asks again once the worker is told the setup is done ([`Self::done`]).
+//! Until then every call on that instance is Pending; other plugins are not affected.
+//!
 //! Isolation trade-off: Services that use the same plugin share its instance (and so its
 //! linear memory) on a worker. A plugin bug can mix their state, and a trap costs every such
 //! Service its plugin state (re-configured on the next flow). Per-Service instances would
@@ -14,50 +20,94 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rustc_hash::FxHashMap;
 
-use super::backoff::{Backoff, Cause, Outcome, Permit};
+use super::backoff::Permit;
 use super::bindings::types;
 use super::chain::Chain;
 use super::contract::Plugin;
 use super::failure::{Failure, FailureKind};
 use super::instance::Instance;
 use super::runtime::Runtime;
+use super::setup::{self, Blame, Done, Job, Reply, Step};
+use super::slot::{book, failed, Slot};
 use super::wire;
 use crate::metrics::Role;
 use crate::model::{Backend, Family};
-use crate::notice::{Notice, Reason};
 
 /// One call in this many is timed for the latency histogram.
 const SAMPLE: u32 = 8;
-/// Failure log lines per plugin and worker: at most one per this period.
-const LOG_EVERY: Duration = Duration::from_secs(1);
 
-/// A live instance and the handles it was configured for (with the endpoint list it has).
-struct Live {
-    inst: Instance,
-    handles: FxHashMap<u32, Option<Arc<[Backend]>>>,
+/// Where setups run: on the caller's thread (plugin bench, runtime tests) or on the setup
+/// threads, with the outcome sent back to the worker.
+enum Mode {
+    Inline,
+    Away(Reply),
 }
 
-/// One plugin version on one worker.
-struct Slot {
-    plugin: Arc<Plugin>,
-    /// Routes of this worker whose chain uses it.
-    routes: usize,
-    live: Option<Live>,
-    backoff: Backoff,
-    logged: Option<Instant>,
-    suppressed: u64,
+/// What starts setups: the runtime, where they run, and the seeds of new instances.
+struct Setups {
+    rt: Option<Arc<Runtime>>,
+    mode: Mode,
+    worker: usize,
+    seed: u64,
+}
+
+impl Setups {
+    /// Lends `slot`'s instance out for `steps` (or runs them here, inline). Inline: the
+    /// outcome is booked at once and its failure returned; away: Err(Pending).
+    fn start(
+        &mut self,
+        slot: &mut Slot,
+        steps: Vec<Step>,
+        blame: Option<Blame>,
+        now: Instant,
+    ) -> Result<(), FailureKind> {
+        let Some(rt) = self.rt.clone() else {
+            let f = Failure::new(FailureKind::Instantiate, "plugins are not enabled");
+            let done = Done {
+                plugin: slot.plugin.clone(),
+                live: None,
+                failure: Some(f),
+                blame,
+            };
+            return book(slot, None, self.worker, done, now).map_or(Ok(()), Err);
+        };
+        let mut steps = steps;
+        if !slot.forget.is_empty() {
+            let forget = slot.forget.drain(..).map(Step::Forget);
+            steps.splice(0..0, forget);
+        }
+        self.seed = self.seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let job = Job {
+            rt: rt.clone(),
+            plugin: slot.plugin.clone(),
+            worker: self.worker,
+            seed: self.seed,
+            live: slot.live.take(),
+            steps,
+            blame,
+        };
+        match &self.mode {
+            Mode::Inline => {
+                let done = setup::run(job);
+                book(slot, Some(&rt), self.worker, done, now).map_or(Ok(()), Err)
+            }
+            Mode::Away(reply) => {
+                slot.away = true;
+                rt.setup.submit(job, reply.clone());
+                Err(FailureKind::Pending)
+            }
+        }
+    }
 }
 
 /// The plugin instances of one worker, by plugin version.
 pub struct WorkerInstances {
-    rt: Option<Arc<Runtime>>,
-    worker: usize,
+    setups: Setups,
     slots: FxHashMap<usize, Slot>,
-    seed: u64,
     /// Counts calls, to sample latency.
     tick: u32,
 }
@@ -67,15 +117,29 @@ fn key(p: &Arc<Plugin>) -> usize {
 }
 
 impl WorkerInstances {
-    /// Worker `worker`'s instances (none until routes with chains arrive). Without a runtime
-    /// (plugins not enabled) every call fails as [`FailureKind::Instantiate`].
+    /// Worker `worker`'s instances (none until routes with chains arrive), set up inline on
+    /// the calling thread: for the plugin bench and tests, where no flow waits. Without a
+    /// runtime (plugins not enabled) every call fails as [`FailureKind::Instantiate`].
     pub fn new(rt: Option<Arc<Runtime>>, worker: usize) -> Self {
+        Self::with_mode(rt, worker, Mode::Inline)
+    }
+
+    /// A dataplane worker's instances: setups run on the setup threads and `reply` hands
+    /// their outcome back to the worker, which passes it to [`Self::done`].
+    pub fn off_worker(rt: Option<Arc<Runtime>>, worker: usize, reply: Reply) -> Self {
+        Self::with_mode(rt, worker, Mode::Away(reply))
+    }
+
+    fn with_mode(rt: Option<Arc<Runtime>>, worker: usize, mode: Mode) -> Self {
         Self {
-            rt,
-            worker,
+            setups: Setups {
+                rt,
+                mode,
+                worker,
+                // Per process and worker: plugins' `random` differs between nodes and restarts.
+                seed: fastrand::u64(..) ^ worker as u64,
+            },
             slots: FxHashMap::default(),
-            // Per process and worker: plugins' `random` differs between nodes and restarts.
-            seed: fastrand::u64(..) ^ worker as u64,
             tick: u32::MAX,
         }
     }
@@ -85,21 +149,15 @@ impl WorkerInstances {
         for link in &chain.links {
             self.slots
                 .entry(key(&link.plugin))
-                .or_insert_with(|| Slot {
-                    plugin: link.plugin.clone(),
-                    routes: 0,
-                    live: None,
-                    backoff: Backoff::new(),
-                    logged: None,
-                    suppressed: 0,
-                })
+                .or_insert_with(|| Slot::new(link.plugin.clone()))
                 .routes += 1;
         }
     }
 
-    /// A route with `chain` left this worker: its handles are forgotten, unused instances
-    /// dropped (their pooling slots return to the pool).
+    /// A route with `chain` left this worker: its handles are forgotten (by a setup: `forget`
+    /// is plugin code too), unused instances dropped (their pooling slots return to the pool).
     pub fn detach(&mut self, chain: &Chain) {
+        let now = Instant::now();
         for link in &chain.links {
             let k = key(&link.plugin);
             let Some(slot) = self.slots.get_mut(&k) else {
@@ -110,29 +168,57 @@ impl WorkerInstances {
                 self.slots.remove(&k);
                 continue;
             }
-            if let Some(live) = &mut slot.live {
-                for h in [chain.handle(Family::V4), chain.handle(Family::V6)] {
-                    if live.handles.remove(&h).is_some() && live.inst.forget(h).is_err() {
-                        slot.live = None;
-                        break;
-                    }
+            for h in [chain.handle(Family::V4), chain.handle(Family::V6)] {
+                let known = (slot.live.as_mut()).is_some_and(|l| l.handles.remove(&h).is_some());
+                if known || slot.away {
+                    slot.forget.push(h);
                 }
+            }
+            if !slot.away && slot.live.is_some() && !slot.forget.is_empty() {
+                // Nobody waits on a forget: its failure only costs the instance.
+                let _ = self.setups.start(slot, Vec::new(), None, now);
             }
         }
     }
 
-    /// Plugin instances alive on this worker.
+    /// A setup came back from its thread: the instance returns to its slot (or is dropped
+    /// when its plugin left this worker meanwhile) and a failure is booked. The caller then
+    /// re-runs its parked flows and calls [`Self::settled`].
+    pub fn done(&mut self, done: Done, now: Instant) {
+        let k = key(&done.plugin);
+        let Some(slot) = self.slots.get_mut(&k).filter(|s| s.away) else {
+            return;
+        };
+        slot.away = false;
+        let rt = self.setups.rt.clone();
+        slot.setup_failed = book(slot, rt.as_deref(), self.setups.worker, done, now);
+        if slot.live.is_some() && !slot.forget.is_empty() {
+            let _ = self.setups.start(slot, Vec::new(), None, now);
+        }
+    }
+
+    /// The flows parked on setups were asked again: a failed setup is tried again by the
+    /// next call (subject to the backoff).
+    pub fn settled(&mut self) {
+        for s in self.slots.values_mut() {
+            s.setup_failed = None;
+        }
+    }
+
+    /// Plugin instances alive on this worker (also those on a setup thread).
     pub fn instances(&self) -> usize {
-        self.slots.values().filter(|s| s.live.is_some()).count()
+        (self.slots.values())
+            .filter(|s| s.live.is_some() || s.away)
+            .count()
     }
 
     /// Link `link` (an index into `chain.links`, a link with the admission role) decides; a
     /// deny is counted in the link's metrics. A link without the admission role (or out of
-    /// range) allows without a call. Err: the call failed (counted, logged); the caller
-    /// applies the failure policy.
+    /// range) allows without a call. Err: the call failed (counted, logged) or is Pending;
+    /// the caller applies the failure policy.
     pub fn admit(
         &mut self,
-        chain: &Chain,
+        chain: &Arc<Chain>,
         link: usize,
         family: Family,
         flow: types::Flow,
@@ -151,10 +237,10 @@ impl WorkerInstances {
     }
 
     /// First affinity link's key (Ok(None) when the chain has no affinity link or the plugin
-    /// gives none). Err: the call failed (counted, logged); the caller applies the policy.
+    /// gives none). Err: the call failed (counted, logged) or is Pending.
     pub fn affinity_key(
         &mut self,
-        chain: &Chain,
+        chain: &Arc<Chain>,
         family: Family,
         flow: types::Flow,
         now: Instant,
@@ -170,10 +256,10 @@ impl WorkerInstances {
     /// First selection link's index into `backends`, never one whose addr is in `tried`;
     /// Ok(None) when it picks nothing. Err(BadAnswer) for out-of-range or already-tried
     /// answers, Err(kind) for other failures (counted, logged; the caller applies the
-    /// policy), Err(Disabled) without a count when the chain has no selection link.
+    /// policy) and Pending, Err(Disabled) without a count when the chain has no selection link.
     pub fn select(
         &mut self,
-        chain: &Chain,
+        chain: &Arc<Chain>,
         family: Family,
         flow: types::Flow,
         backends: &Arc<[Backend]>,
@@ -198,13 +284,13 @@ impl WorkerInstances {
         )
     }
 
-    /// Calls link `i` of `chain` on this worker's instance: makes the instance if needed,
-    /// configures the handle and sends the endpoints if they changed, times and counts it,
-    /// and books the outcome with the plugin's backoff.
+    /// Calls link `i` of `chain` on this worker's instance when it is ready for the call;
+    /// otherwise starts the setup it needs (instance, `configure`, endpoints) and answers
+    /// Pending. Times and counts the call, and books the outcome with the plugin's backoff.
     #[allow(clippy::too_many_arguments)]
     fn call<R>(
         &mut self,
-        chain: &Chain,
+        chain: &Arc<Chain>,
         i: usize,
         family: Family,
         backends: Option<&Arc<[Backend]>>,
@@ -220,38 +306,44 @@ impl WorkerInstances {
         let Some(slot) = self.slots.get_mut(&k) else {
             return Err(FailureKind::Disabled);
         };
+        if slot.away {
+            return Err(FailureKind::Pending);
+        }
+        if let Some(kind) = slot.setup_failed {
+            return Err(kind);
+        }
         match slot.backoff.permit(now) {
             Permit::Call => {}
             Permit::Probation => {
-                tracing::info!(plugin = %slot.plugin.name, worker = self.worker, "plugin re-enabled after backoff; one call on probation");
+                tracing::info!(plugin = %slot.plugin.name, worker = self.setups.worker, "plugin re-enabled after backoff; one call on probation");
             }
             Permit::Disabled => {
                 link.metrics.fail(FailureKind::Disabled);
                 return Err(FailureKind::Disabled);
             }
         }
-        let live = prepare(
-            &self.rt,
-            self.worker,
-            &mut self.seed,
-            slot,
-            chain,
-            family,
-            backends,
-        );
-        let result = live.and_then(|live| {
-            // Two clock reads cost about a sixth of a call: time one call in SAMPLE.
-            self.tick = self.tick.wrapping_add(1);
-            if !self.tick.is_multiple_of(SAMPLE) {
-                link.metrics.call(role);
-                return f(&mut live.inst);
-            }
+        if let Some(steps) = needs(slot, chain, family, backends) {
+            let blame = Some(Blame {
+                chain: chain.clone(),
+                link: i,
+            });
+            self.setups.start(slot, steps, blame, now)?;
+        }
+        let Some(live) = slot.live.as_mut() else {
+            return Err(FailureKind::Instantiate);
+        };
+        // Two clock reads cost about a sixth of a call: time one call in SAMPLE.
+        self.tick = self.tick.wrapping_add(1);
+        let result = if !self.tick.is_multiple_of(SAMPLE) {
+            link.metrics.call(role);
+            f(&mut live.inst)
+        } else {
             let t0 = Instant::now();
             let r = f(&mut live.inst);
             link.metrics
                 .timed_call(role, t0.elapsed().as_nanos() as u64);
             r
-        });
+        };
         match result {
             Ok(v) => {
                 slot.backoff.record_success();
@@ -260,15 +352,54 @@ impl WorkerInstances {
             Err(failure) => {
                 let kind = failure.kind;
                 link.metrics.fail(kind);
-                if let Some(cause) =
-                    failed(slot, self.rt.as_deref(), self.worker, chain, failure, now)
-                {
+                let rt = self.setups.rt.as_deref();
+                if let Some(cause) = failed(slot, rt, self.setups.worker, chain, failure, now) {
                     link.metrics.disable(cause);
                 }
                 Err(kind)
             }
         }
     }
+}
+
+/// What `slot`'s instance lacks for a call of `chain`'s `family` handle: None when it is
+/// ready (the common case: one map lookup), else the steps (an empty list when only the
+/// instance itself is missing).
+fn needs(
+    slot: &Slot,
+    chain: &Chain,
+    family: Family,
+    backends: Option<&Arc<[Backend]>>,
+) -> Option<Vec<Step>> {
+    let handle = chain.handle(family);
+    // None = handle never configured; Some(list) = the list last sent (the map holds that
+    // Arc, so its address cannot be reused by another list).
+    let sent = (slot.live.as_ref()).and_then(|l| l.handles.get(&handle));
+    let list = backends.filter(|_| slot.plugin.roles.selection);
+    let stale = list.filter(|b| {
+        !sent
+            .and_then(Option::as_ref)
+            .is_some_and(|s| Arc::ptr_eq(s, b))
+    });
+    if slot.live.is_some() && sent.is_some() && stale.is_none() {
+        return None;
+    }
+    let mut steps = Vec::with_capacity(2);
+    if sent.is_none() {
+        let link = (chain.links.iter()).find(|l| Arc::ptr_eq(&l.plugin, &slot.plugin));
+        steps.push(Step::Configure {
+            handle,
+            service: wire::service(chain, family),
+            config: link.map(|l| l.config.clone()).unwrap_or_default(),
+        });
+    }
+    if let Some(b) = stale {
+        steps.push(Step::Backends {
+            handle,
+            list: b.clone(),
+        });
+    }
+    Some(steps)
 }
 
 /// `answer` of `select` over `backends` if it keeps the contract: in range and not `tried`.
@@ -290,109 +421,6 @@ fn checked_index(
             },
         )),
     }
-}
-
-/// The live instance of `slot`, configured for the handle of `family` and (for select)
-/// holding the current endpoint list.
-fn prepare<'a>(
-    rt: &Option<Arc<Runtime>>,
-    worker: usize,
-    seed: &mut u64,
-    slot: &'a mut Slot,
-    chain: &Chain,
-    family: Family,
-    backends: Option<&Arc<[Backend]>>,
-) -> Result<&'a mut Live, Failure> {
-    if slot.live.is_none() {
-        let rt = rt
-            .as_ref()
-            .ok_or_else(|| Failure::new(FailureKind::Instantiate, "plugins are not enabled"))?;
-        *seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let inst = Instance::new(rt, &slot.plugin, worker, *seed)?;
-        slot.live = Some(Live {
-            inst,
-            handles: FxHashMap::default(),
-        });
-    }
-    let Some(live) = slot.live.as_mut() else {
-        return Err(Failure::new(FailureKind::Instantiate, "no instance"));
-    };
-    let handle = chain.handle(family);
-    // One lookup: None = handle never configured; Some(list) = the list last sent (the
-    // map holds that Arc, so its address cannot be reused by another list).
-    let sent = live
-        .handles
-        .get(&handle)
-        .map(|s| s.as_ref().map(Arc::as_ptr));
-    if sent.is_none() {
-        let link = chain
-            .links
-            .iter()
-            .find(|l| Arc::ptr_eq(&l.plugin, &slot.plugin));
-        let config = link.map(|l| l.config.as_str()).unwrap_or("");
-        if let Err(msg) = live.inst.configure(&wire::service(chain, family), config)? {
-            return Err(Failure::new(
-                FailureKind::Configure,
-                format!("configure refused {config:?}: {msg}"),
-            ));
-        }
-        live.handles.insert(handle, None);
-    }
-    if let Some(b) = backends.filter(|_| slot.plugin.roles.selection) {
-        if sent.flatten() != Some(Arc::as_ptr(b)) {
-            live.inst.set_backends(handle, &wire::backends(b))?;
-            live.handles.insert(handle, Some(b.clone()));
-        }
-    }
-    Ok(live)
-}
-
-/// Books a failure: a trapped instance is dropped, the backoff decides whether the plugin is
-/// disabled, and the failure is logged (a disable always, others once a second per slot).
-fn failed(
-    slot: &mut Slot,
-    rt: Option<&Runtime>,
-    worker: usize,
-    chain: &Chain,
-    failure: Failure,
-    now: Instant,
-) -> Option<Cause> {
-    if failure.kind.poisons() || failure.kind == FailureKind::Instantiate {
-        slot.live = None;
-    }
-    let plugin = &*slot.plugin.name;
-    let service = chain.service_name();
-    match slot.backoff.record_failure(now) {
-        Outcome::Disabled(backoff, cause) => {
-            tracing::error!(%service, plugin, worker, failure = %failure, ?backoff, cause = cause.as_str(),
-                "plugin keeps failing; disabled on this worker, the Service's failure policy decides meanwhile");
-            if let Some(rt) = rt {
-                rt.config().notices.send(Notice {
-                    namespace: chain.namespace.clone(),
-                    name: chain.name.clone(),
-                    reason: Reason::PluginDisabled,
-                    message: format!(
-                        // No worker in the text: every worker's disable is one notice, so
-                        // the Event rate limit folds them together.
-                        "plugin {plugin} disabled for {backoff:?} on a worker after {}: {failure}; failure policy {:?} decides meanwhile",
-                        cause.as_str(),
-                        chain.policy
-                    ),
-                });
-            }
-            slot.live = None;
-            slot.logged = Some(now);
-            return Some(cause);
-        }
-        Outcome::Counted if slot.logged.is_none_or(|t| now >= t + LOG_EVERY) => {
-            tracing::warn!(%service, plugin, worker, failure = %failure, suppressed = slot.suppressed,
-                "plugin call failed; the Service's failure policy decides this flow");
-            slot.logged = Some(now);
-            slot.suppressed = 0;
-        }
-        Outcome::Counted => slot.suppressed += 1,
-    }
-    None
 }
 
 #[cfg(test)]
@@ -427,7 +455,7 @@ mod tests {
     #[test]
     fn a_chain_without_links_makes_no_instance_and_no_call() {
         let mut w = WorkerInstances::new(None, 0);
-        let ch = empty_chain();
+        let ch = Arc::new(empty_chain());
         w.attach(&ch);
         assert_eq!(w.instances(), 0);
         let now = Instant::now();

@@ -43,6 +43,10 @@ pub enum Refused {
     Denied,
     /// A plugin failed and the Service's failure policy is closed.
     PluginFailed,
+    /// Not a refusal: a plugin instance the flow needs is being set up off the worker. The
+    /// dataplane parks the flow and asks again once the setup is back. Only given while
+    /// [`PolicyState::may_wait`] is set; otherwise the wait is a failure (failure policy).
+    Pending,
 }
 
 /// How a flow ended, for policies that learn from outcomes.
@@ -123,6 +127,9 @@ pub fn for_frontend(fe: &Frontend, chain: Option<Arc<Chain>>) -> Arc<dyn FlowPol
 pub struct PolicyState {
     /// When the worker's current round began (one clock read per round).
     pub now: Instant,
+    /// Whether the flow being decided can wait for a plugin setup (the dataplane has room to
+    /// park it, and it has not waited too long already): see [`Refused::Pending`].
+    pub may_wait: bool,
     random: Random,
     affinity: AffinityTable,
     plugins: Box<dyn PluginCalls>,
@@ -136,6 +143,7 @@ impl PolicyState {
     pub fn new(index: usize, plugins: Box<dyn PluginCalls>, now: Instant) -> Self {
         Self {
             now,
+            may_wait: true,
             random: Random::new(
                 fastrand::u64(..) ^ (index as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d),
             ),
@@ -157,7 +165,8 @@ impl PolicyState {
             return Err(Refused::Denied);
         }
         let admitted = policy.admit(self, flow);
-        if admitted.is_err() && policy.decides_admission() {
+        let refused = matches!(admitted, Err(why) if why != Refused::Pending);
+        if refused && policy.decides_admission() {
             self.denied.insert(key, self.now);
         }
         admitted
@@ -200,6 +209,16 @@ impl PolicyState {
     /// Plugin instances alive on this worker.
     pub fn plugin_instances(&self) -> usize {
         self.plugins.instances()
+    }
+
+    /// A plugin setup this worker started came back; its parked flows may be asked again.
+    pub fn setup_done(&mut self, done: crate::plugin::setup::Done) {
+        self.plugins.done(done, self.now);
+    }
+
+    /// The flows parked on setups were asked again.
+    pub fn settled(&mut self) {
+        self.plugins.settled();
     }
 
     /// The affinity layer every policy shares. With a key, a live entry wins if its

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use super::{AffinityKey, FlowInfo, FlowPolicy, Native, PolicyState, Refused};
 use crate::model::{Backend, FailurePolicy, Family};
+use crate::plugin::setup::Done;
 use crate::plugin::wire::{self, types};
 use crate::plugin::{Chain, FailureKind, WorkerInstances};
 
@@ -20,7 +21,7 @@ pub trait PluginCalls: Send {
     /// Link `link` of `chain` admits or denies the flow.
     fn admit(
         &mut self,
-        chain: &Chain,
+        chain: &Arc<Chain>,
         link: usize,
         family: Family,
         flow: types::Flow,
@@ -29,7 +30,7 @@ pub trait PluginCalls: Send {
     /// The first affinity link's key (Ok(None): no key).
     fn affinity_key(
         &mut self,
-        chain: &Chain,
+        chain: &Arc<Chain>,
         family: Family,
         flow: types::Flow,
         now: std::time::Instant,
@@ -37,7 +38,7 @@ pub trait PluginCalls: Send {
     /// The first selection link's index into `backends`, never one in `tried`.
     fn select(
         &mut self,
-        chain: &Chain,
+        chain: &Arc<Chain>,
         family: Family,
         flow: types::Flow,
         backends: &Arc<[Backend]>,
@@ -50,12 +51,16 @@ pub trait PluginCalls: Send {
     fn detach(&mut self, chain: &Chain);
     /// Instances alive.
     fn instances(&self) -> usize;
+    /// A setup this worker started came back (see [`crate::plugin::setup`]).
+    fn done(&mut self, done: Done, now: std::time::Instant);
+    /// The flows parked on setups were asked again.
+    fn settled(&mut self);
 }
 
 impl PluginCalls for WorkerInstances {
     fn admit(
         &mut self,
-        chain: &Chain,
+        chain: &Arc<Chain>,
         link: usize,
         family: Family,
         flow: types::Flow,
@@ -65,7 +70,7 @@ impl PluginCalls for WorkerInstances {
     }
     fn affinity_key(
         &mut self,
-        chain: &Chain,
+        chain: &Arc<Chain>,
         family: Family,
         flow: types::Flow,
         now: std::time::Instant,
@@ -74,7 +79,7 @@ impl PluginCalls for WorkerInstances {
     }
     fn select(
         &mut self,
-        chain: &Chain,
+        chain: &Arc<Chain>,
         family: Family,
         flow: types::Flow,
         backends: &Arc<[Backend]>,
@@ -91,6 +96,12 @@ impl PluginCalls for WorkerInstances {
     }
     fn instances(&self) -> usize {
         WorkerInstances::instances(self)
+    }
+    fn done(&mut self, done: Done, now: std::time::Instant) {
+        WorkerInstances::done(self, done, now)
+    }
+    fn settled(&mut self) {
+        WorkerInstances::settled(self)
     }
 }
 
@@ -138,6 +149,20 @@ impl PluginPolicy {
         }
     }
 
+    /// A call that gave no answer: Pending (its instance is being set up) parks the flow
+    /// when the dataplane can wait for it; otherwise it is a failure like any other.
+    fn unanswered<T>(
+        &self,
+        st: &PolicyState,
+        kind: FailureKind,
+        fallback: T,
+    ) -> Result<T, Refused> {
+        if kind == FailureKind::Pending && st.may_wait {
+            return Err(Refused::Pending);
+        }
+        self.on_failure(fallback)
+    }
+
     /// The affinity key a flow sticks by: the plugin's, else ClientIP's.
     fn key(&self, flow: &FlowInfo) -> Option<(AffinityKey, Duration)> {
         match flow.affinity {
@@ -157,7 +182,7 @@ impl FlowPolicy for PluginPolicy {
             {
                 Ok(types::Verdict::Allow) => {}
                 Ok(types::Verdict::Deny(_)) => return Err(Refused::Denied),
-                Err(_) => self.on_failure(())?,
+                Err(kind) => self.unanswered(st, kind, ())?,
             }
         }
         let key = st
@@ -172,7 +197,7 @@ impl FlowPolicy for PluginPolicy {
                 Ok(flow.with_affinity(a.key, ttl))
             }
             Ok(None) => Ok(flow),
-            Err(_) => self.on_failure(flow),
+            Err(kind) => self.unanswered(st, kind, flow),
         }
     }
 
@@ -201,8 +226,8 @@ impl FlowPolicy for PluginPolicy {
                 .select(&self.chain, flow.family, record, backends, tried, now);
             match picked {
                 Ok(idx) => Ok(idx),
-                Err(_) => {
-                    self.on_failure(())?;
+                Err(kind) => {
+                    self.unanswered(st, kind, ())?;
                     Ok(Native::choose(st, flow, backends, tried))
                 }
             }

@@ -71,7 +71,7 @@ fn lock(s: &Mutex<Script>) -> std::sync::MutexGuard<'_, Script> {
 impl PluginCalls for Scripted {
     fn admit(
         &mut self,
-        _: &Chain,
+        _: &Arc<Chain>,
         link: usize,
         _: Family,
         _: types::Flow,
@@ -84,7 +84,7 @@ impl PluginCalls for Scripted {
     }
     fn affinity_key(
         &mut self,
-        chain: &Chain,
+        chain: &Arc<Chain>,
         _: Family,
         _: types::Flow,
         _: Instant,
@@ -96,7 +96,7 @@ impl PluginCalls for Scripted {
     }
     fn select(
         &mut self,
-        _: &Chain,
+        _: &Arc<Chain>,
         _: Family,
         _: types::Flow,
         _: &Arc<[Backend]>,
@@ -120,6 +120,8 @@ impl PluginCalls for Scripted {
     fn instances(&self) -> usize {
         0
     }
+    fn done(&mut self, _: crate::plugin::setup::Done, _: Instant) {}
+    fn settled(&mut self) {}
 }
 
 /// A worker state whose plugins follow `script`; the handle reads what they were asked.

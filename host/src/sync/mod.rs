@@ -165,6 +165,10 @@ impl Sync {
                 if self.chains.settle_probes(INITIAL_PROBES) {
                     self.plugins_changed();
                 }
+                // Ready means the workers run what was programmed: a Service first programmed
+                // natively while its plugin's probe ran must not take a flow natively after
+                // /readyz said ok.
+                self.dataplane.barrier();
                 self.ready.store(true, Ordering::SeqCst);
                 tracing::info!(services = self.claims.services(), "initial sync programmed");
                 return;

@@ -1,14 +1,18 @@
-//! Accepting on a TCP nodePort: admit each connection through its route's policy and place
-//! it on the worker that will carry it (this one, or a peer through its hand-off queue).
+//! Accepting on a TCP nodePort: admit each connection through its route's policy (parked
+//! while its plugin is being set up) and place it on the worker that will carry it (this
+//! one, or a peer through its hand-off queue).
 
 use std::io;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::flow::reset;
-use super::Tcp;
+use super::{Tcp, Waiting};
 use crate::dataplane::context::Ctx;
 use crate::dataplane::control::Handoff;
 use crate::dataplane::refusal::Refusal;
+use crate::dataplane::route::Route;
+use crate::policy::Refused;
 
 /// Pause before accepting again after accept failed for lack of resources.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
@@ -52,32 +56,46 @@ impl Tcp {
                 continue;
             }
             let flow = ctx.new_flow(key, client, node);
-            let flow = match route.policy.admit(&mut ctx.policy, flow) {
-                Ok(flow) => flow,
-                Err(why) => {
-                    route.refuse(why);
-                    reset(&stream);
-                    continue;
-                }
-            };
-            let h = Handoff { stream, flow };
-            let target = ctx.carrier(&route, &flow);
-            if target == ctx.index {
-                self.start(ctx, h);
-                continue;
-            }
-            let peer = &ctx.peers[target];
-            match peer.handoff.try_send(h) {
-                Ok(()) => {
-                    let _ = peer.waker.wake();
-                }
-                // That worker is backed up: carry the flow here rather than drop it.
-                Err(e) => self.start(ctx, e.into_inner()),
-            }
+            self.admit(ctx, route, Handoff { stream, flow }, ctx.now);
         }
         // Batch used up: more may be queued, and no new edge will say so.
         if let Some(l) = self.listeners.get(idx) {
             self.accept_retry.push((ctx.now, l.id));
+        }
+    }
+
+    /// Admits an accepted connection (waiting since `since`) through its route's policy and
+    /// hands it to its carrier; parked while its plugin is being set up.
+    pub(super) fn admit(&mut self, ctx: &mut Ctx, route: Arc<Route>, h: Handoff, since: Instant) {
+        self.may_wait(ctx, since);
+        let flow = match route.policy.admit(&mut ctx.policy, h.flow) {
+            Ok(flow) => flow,
+            Err(Refused::Pending) => {
+                self.parked.push(since, Waiting::Admit(h));
+                return;
+            }
+            Err(why) => {
+                route.refuse(why);
+                reset(&h.stream);
+                return;
+            }
+        };
+        let h = Handoff {
+            stream: h.stream,
+            flow,
+        };
+        let target = ctx.carrier(&route, &flow);
+        if target == ctx.index {
+            self.start(ctx, h);
+            return;
+        }
+        let peer = &ctx.peers[target];
+        match peer.handoff.try_send(h) {
+            Ok(()) => {
+                let _ = peer.waker.wake();
+            }
+            // That worker is backed up: carry the flow here rather than drop it.
+            Err(e) => self.start(ctx, e.into_inner()),
         }
     }
 }

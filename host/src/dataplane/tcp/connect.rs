@@ -1,15 +1,17 @@
 //! Connecting a new TCP flow to an endpoint: its policy picks, a non-blocking connect starts,
 //! and a timer bounds it. A failed or timed-out connect asks the policy again, never for an
 //! endpoint already tried, until `--connect-attempts` were used; then the client is reset.
+//! A pick that waits for its plugin's setup parks the connection (see `parked`).
 
 use std::cmp::Reverse;
 use std::io::{self, Write};
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use mio::Interest;
 
 use super::flow::{reset, Phase, TcpFlow};
-use super::Tcp;
+use super::{Tcp, Waiting};
 use crate::dataplane::conntrack::{Entry, FlowId, State, Tuple};
 use crate::dataplane::context::Ctx;
 use crate::dataplane::control::Handoff;
@@ -28,6 +30,12 @@ fn flow_token(id: FlowId, generation: u32, upstream: bool) -> mio::Token {
 impl Tcp {
     /// Starts a flow for an accepted (and admitted) connection: pick, connect, track.
     pub(in crate::dataplane) fn start(&mut self, ctx: &mut Ctx, h: Handoff) {
+        self.start_at(ctx, h, ctx.now);
+    }
+
+    /// [`Self::start`] for a connection waiting since `since`; parked while its plugin is
+    /// being set up.
+    pub(super) fn start_at(&mut self, ctx: &mut Ctx, h: Handoff, since: Instant) {
         let flow = h.flow;
         let Some(route) = ctx.routes.get(&flow.frontend).cloned() else {
             reset(&h.stream);
@@ -39,9 +47,15 @@ impl Tcp {
             return;
         }
         let mut tried = Vec::new();
+        self.may_wait(ctx, since);
         let (endpoint, upstream) = match connect_next(ctx, &route, &flow, &mut tried) {
             Ok(pair) => pair,
-            Err(why) => {
+            Err(Stop::Pending) => {
+                ctx.release_slot();
+                self.parked.push(since, Waiting::Start(h));
+                return;
+            }
+            Err(Stop::Refused(why)) => {
                 route.metrics.refuse(why);
                 reset(&h.stream);
                 // The place taken was never used by a flow.
@@ -133,15 +147,41 @@ impl Tcp {
         };
         tried.push(failed);
         tracing::debug!(endpoint = %failed, service = %t.route.frontend.service, %error, "connect to endpoint failed");
+        t.phase = Phase::Waiting {
+            tried: std::mem::take(tried),
+        };
+        self.reconnect(ctx, id, generation, ctx.now);
+    }
+
+    /// Connects a flow whose connect failed (waiting since `since`) to its next endpoint,
+    /// or resets the client when none is left; parked while its plugin is being set up.
+    pub(super) fn reconnect(&mut self, ctx: &mut Ctx, id: FlowId, generation: u32, since: Instant) {
+        self.may_wait(ctx, since);
+        let Some((entry, t)) = self.table.get_mut(id, generation) else {
+            return;
+        };
+        let Phase::Waiting { tried } = &mut t.phase else {
+            return;
+        };
         let mut tried = std::mem::take(tried);
         // Retry among the endpoints as they are now, not as they were when the flow began.
         let route = (ctx.routes.get(&entry.frontend).cloned()).unwrap_or_else(|| t.route.clone());
         let flow = t.flow;
-        let next = connect_next(ctx, &route, &flow, &mut tried);
-        let Ok((addr, mut stream)) = next.map_err(|why| route.metrics.refuse(why)) else {
-            tracing::info!(service = %route.frontend.service, client = %flow.client, "no endpoint accepted the connection; resetting client");
-            self.abort(ctx, id, Ending::ConnectFailed);
-            return;
+        let (addr, mut stream) = match connect_next(ctx, &route, &flow, &mut tried) {
+            Ok(pair) => pair,
+            Err(Stop::Pending) => {
+                if let Some((_, t)) = self.table.get_mut(id, generation) {
+                    t.phase = Phase::Waiting { tried };
+                    self.parked.push(since, Waiting::Reconnect(id, generation));
+                }
+                return;
+            }
+            Err(Stop::Refused(why)) => {
+                route.metrics.refuse(why);
+                tracing::info!(service = %route.frontend.service, client = %flow.client, "no endpoint accepted the connection; resetting client");
+                self.abort(ctx, id, Ending::ConnectFailed);
+                return;
+            }
         };
         let Some((entry, t)) = self.table.get_mut(id, generation) else {
             return;
@@ -185,21 +225,29 @@ impl Tcp {
     }
 }
 
+/// Why no connect was started.
+enum Stop {
+    /// The policy waits for its plugin's setup: park the flow.
+    Pending,
+    /// The flow is refused.
+    Refused(Refusal),
+}
+
 /// Picks endpoints (never one in `tried`) and starts a connect to the first that takes one,
-/// until `--connect-attempts` endpoints were tried. Failures are added to `tried`; Err is
-/// why the flow is refused.
+/// until `--connect-attempts` endpoints were tried. Failures are added to `tried`.
 fn connect_next(
     ctx: &mut Ctx,
     route: &Route,
     flow: &FlowInfo,
     tried: &mut Vec<SocketAddr>,
-) -> Result<(SocketAddr, mio::net::TcpStream), Refusal> {
+) -> Result<(SocketAddr, mio::net::TcpStream), Stop> {
     let backends = route.backends(flow.family);
     while tried.len() < ctx.cfg.connect_attempts {
         let addr = match route.policy.pick(&mut ctx.policy, flow, backends, tried) {
             Ok(addr) => addr,
+            Err(Refused::Pending) => return Err(Stop::Pending),
             Err(Refused::NoEndpoint) if !tried.is_empty() => break,
-            Err(why) => return Err(why.into()),
+            Err(why) => return Err(Stop::Refused(why.into())),
         };
         match tcp_connect(addr, ctx.source_for(route, &flow.client, &addr)) {
             Ok(s) => return Ok((addr, mio::net::TcpStream::from_std(s))),
@@ -209,5 +257,5 @@ fn connect_next(
             }
         }
     }
-    Err(Refusal::ConnectFailed)
+    Err(Stop::Refused(Refusal::ConnectFailed))
 }

@@ -42,6 +42,8 @@ impl Half {
 pub(super) enum Phase {
     /// Waiting for the endpoint to accept; `tried` holds endpoints that failed.
     Connecting { tried: Vec<SocketAddr> },
+    /// A connect failed and the next pick waits for its plugin's setup (parked).
+    Waiting { tried: Vec<SocketAddr> },
     /// Bytes flow both ways.
     Relaying,
 }
@@ -149,11 +151,14 @@ impl Tcp {
                 t.up.src_closed = true;
             }
         }
-        if matches!(t.phase, Phase::Connecting { .. }) {
-            if upstream {
+        match t.phase {
+            Phase::Connecting { .. } if upstream => {
                 self.connect_progress(ctx, id, generation);
+                return;
             }
-            return;
+            // Client bytes wait in its socket: the relay reads them once connected.
+            Phase::Connecting { .. } | Phase::Waiting { .. } => return,
+            Phase::Relaying => {}
         }
         // Which directions can move: reading a side feeds the other, writing drains into it.
         let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();

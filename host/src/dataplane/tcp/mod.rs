@@ -17,7 +17,9 @@ use std::time::Instant;
 use super::config::DataplaneConfig;
 use super::conntrack::{FlowId, Row, Table};
 use super::context::Ctx;
+use super::control::Handoff;
 use super::nodeports::NodePorts;
+use super::parked::{self, Parked};
 use super::relay::{Buffers, Pipe};
 use super::token::FlowRef;
 use crate::model::{FrontendKey, Protocol};
@@ -33,8 +35,19 @@ struct Pools {
     splice: bool,
 }
 
+/// A TCP flow parked until its plugin's setup is back, at the step it waits in.
+enum Waiting {
+    /// Accepted, to be admitted.
+    Admit(Handoff),
+    /// Admitted, to be given its first endpoint.
+    Start(Handoff),
+    /// Tracked; a connect failed and the next endpoint is to be picked.
+    Reconnect(FlowId, u32),
+}
+
 /// A worker's TCP listeners and flows.
 pub(super) struct Tcp {
+    parked: Parked<Waiting>,
     listeners: NodePorts<mio::net::TcpListener>,
     table: Table<TcpFlow>,
     connect_timers: BinaryHeap<Reverse<(Instant, FlowId, u32)>>,
@@ -49,6 +62,7 @@ impl Tcp {
     /// Nothing served yet.
     pub(super) fn new(cfg: &DataplaneConfig) -> Self {
         Self {
+            parked: Parked::new(parked::TCP),
             listeners: NodePorts::new(Protocol::Tcp),
             table: Table::new(cfg.max_flows_per_worker),
             connect_timers: BinaryHeap::new(),
@@ -105,8 +119,38 @@ impl Tcp {
         }
     }
 
-    /// Expired connects, listeners due for another accept, idle flows.
+    /// Decides parked flows again: all of them (`all`, a setup came back) or those that
+    /// waited their limit, which the failure policy now decides without waiting.
+    pub(super) fn resume(&mut self, ctx: &mut Ctx, all: bool) {
+        let limit = ctx.cfg.park_limit();
+        let mut q = self.parked.take();
+        for (since, w) in q.drain(..) {
+            if !all && ctx.now < since + limit {
+                self.parked.push(since, w);
+                continue;
+            }
+            match w {
+                Waiting::Admit(h) => match ctx.routes.get(&h.flow.frontend).cloned() {
+                    Some(route) => self.admit(ctx, route, h, since),
+                    None => flow::reset(&h.stream),
+                },
+                Waiting::Start(h) => self.start_at(ctx, h, since),
+                Waiting::Reconnect(id, generation) => self.reconnect(ctx, id, generation, since),
+            }
+        }
+        self.parked.give_back(q);
+    }
+
+    /// Whether a flow parked since `since` may wait (on), told to the policy before it decides.
+    fn may_wait(&self, ctx: &mut Ctx, since: std::time::Instant) {
+        ctx.policy.may_wait = (self.parked).may_wait(since, ctx.now, ctx.cfg.park_limit());
+    }
+
+    /// Expired connects, listeners due for another accept, flows parked too long, idle flows.
     pub(super) fn run_timers(&mut self, ctx: &mut Ctx) {
+        if self.parked.overdue(ctx.now, ctx.cfg.park_limit()) {
+            self.resume(ctx, false);
+        }
         while let Some(Reverse((deadline, id, generation))) = self.connect_timers.peek().copied() {
             if deadline > ctx.now {
                 break;
@@ -131,10 +175,11 @@ impl Tcp {
     }
 
     /// The earliest timer, so the worker knows how long it may sleep.
-    pub(super) fn next_deadline(&self) -> Option<Instant> {
+    pub(super) fn next_deadline(&self, ctx: &Ctx) -> Option<Instant> {
         let connect = self.connect_timers.peek().map(|Reverse((d, _, _))| *d);
         let retry = self.accept_retry.iter().map(|(t, _)| *t).min();
-        [connect, retry, self.table.next_deadline()]
+        let parked = self.parked.next_deadline(ctx.cfg.park_limit());
+        [connect, retry, parked, self.table.next_deadline()]
             .into_iter()
             .flatten()
             .min()
