@@ -26,6 +26,12 @@
 #   udp_mbps       iperf3 UDP, 1 Gbit/s offered in 1400-byte datagrams,
 #                  delivered Mbit/s                                      (higher is better)
 #   udp_loss_pct   lost datagrams in percent of those sent               (lower is better)
+#   cpu_us_req     the forwarder's own CPU (utime+stime of its process over the run) per
+#                  keep-alive request, microseconds                      (lower is better)
+#   cpu_us_conn    the same per new connection (the Connection: close run)
+#   cpu_us_dgram   the same per UDP datagram delivered
+#                  (HAProxy and nodeportd only: kernel DNAT works in softirq, not in a
+#                  process; its rows are n/a)
 #
 # Reading the ratios: "A/B" is metric(A) / metric(B). For higher-is-better
 # metrics a ratio above 1 means A beats B; for latency and loss (marked "lower"
@@ -34,6 +40,12 @@
 # compares it with a mature userspace proxy. Everything (load generator,
 # proxy, backend) shares the same cores, so compare ratios, not absolute
 # numbers across machines.
+#
+# Pinned mode (BENCH_PIN=1, the one the README's table comes from): the client (wrk,
+# iperf3 -c) runs on CPU BENCH_CPU_CLIENT (0), the forwarder AND the backends (nginx, iperf3
+# -s) share CPU BENCH_CPU_NODE (1), as on a busy node, where CPU the proxy takes is CPU the
+# backends lose. Every forwarder gets the same thread count (HAProxy nbthread 2, nodeportd
+# --workers 2). Unpinned, a proxy can borrow the client's idle CPU and look faster than it is.
 #
 # Usage (as root; installs wrk, iperf3, haproxy, nftables, nginx-light, jq, procps,
 # curl with apt-get if missing):
@@ -46,6 +58,8 @@
 #                   the nodeportd path is skipped with a note if it is missing)
 #   NODEPORTD_ARGS  extra arguments for `nodeportd run`, e.g. "--workers 2"
 #   BENCH_KEEP      if 1, keep the temp dir with configs and logs
+#   BENCH_PIN       1: pinned mode (above); 0 (default): everything floats over all CPUs
+#   BENCH_CPU_CLIENT, BENCH_CPU_NODE   the CPUs of pinned mode (default 0 and 1)
 #   BENCH_UDP_ARGS  extra iperf3 arguments for the UDP run, e.g. "-w 4M" (socket buffers of
 #                   4 MiB at both ends: the default ~200 KiB holds about 1 ms of 1 Gbit/s)
 #
@@ -73,7 +87,17 @@ NOFILE=$(ulimit -Hn)
 [[ $NOFILE == unlimited || $NOFILE -gt 65536 ]] && NOFILE=65536
 
 ALL_PATHS=(direct dnat haproxy nodeportd wasm)
-METRICS=(rps_keepalive p50_ms p99_ms rps_newconn tcp_gbps udp_mbps udp_loss_pct)
+METRICS=(rps_keepalive p50_ms p99_ms rps_newconn tcp_gbps udp_mbps udp_loss_pct
+    cpu_us_req cpu_us_conn cpu_us_dgram)
+BENCH_PIN="${BENCH_PIN:-0}"
+BENCH_CPU_CLIENT="${BENCH_CPU_CLIENT:-0}"
+BENCH_CPU_NODE="${BENCH_CPU_NODE:-1}"
+# Command prefixes (exec'd by `ip netns exec`, so a background PID is the process itself).
+PIN_CLIENT=() PIN_NODE=()
+if [[ $BENCH_PIN == 1 ]]; then
+    PIN_CLIENT=(taskset -c "$BENCH_CPU_CLIENT") PIN_NODE=(taskset -c "$BENCH_CPU_NODE")
+fi
+FWD_THREADS=2      # HAProxy nbthread and nodeportd --workers: the same for both
 
 # Names unique per run so parallel runs do not collide.
 RUN_ID="$$"
@@ -90,6 +114,8 @@ SERVER_IP=198.18.1.2
 WORK=""            # temp dir (configs, logs, raw outputs)
 PIDS=()            # long-running processes we started (nginx, haproxy, nodeportd, iperf3 -s)
 FG_PID=""          # the bounded measurement currently running, if any
+FWD_PID=""         # the forwarder process of the path being measured (none: in the kernel)
+CPU_US=""          # its CPU over the last wrk/iperf3 run, microseconds (empty: not known)
 IPERF_SRV=""       # the current one-shot iperf3 server
 WRK_RPS="" WRK_P50="" WRK_P99="" IPERF_JSON=""   # outputs of wrk_run / iperf_run
 LOAD_AT_START=0
@@ -175,6 +201,12 @@ check_args() {
         for q in "${ALL_PATHS[@]}"; do [[ $p == "$q" ]] && ok=1; done
         [[ $ok == 1 ]] || die "BENCH_ONLY: unknown path '$p' (known: ${ALL_PATHS[*]})"
     done
+    if [[ $BENCH_PIN == 1 ]]; then
+        local cpus
+        cpus=$(nproc)
+        [[ $BENCH_CPU_CLIENT -lt $cpus && $BENCH_CPU_NODE -lt $cpus && $BENCH_CPU_CLIENT != "$BENCH_CPU_NODE" ]] ||
+            die "BENCH_PIN=1 needs two distinct CPUs below $cpus (BENCH_CPU_CLIENT=$BENCH_CPU_CLIENT, BENCH_CPU_NODE=$BENCH_CPU_NODE)"
+    fi
 }
 
 selected() { local p; for p in "${SELECTED[@]}"; do [[ $p == "$1" ]] && return 0; done; return 1; }
@@ -289,7 +321,7 @@ EOF
         in_ns "$NS_S" nginx -t -q -e "$dir/logs/error.log" -p "$dir" -c "$dir/nginx.conf" \
             || die "nginx config test failed"
     fi
-    ip netns exec "$NS_S" nginx -e "$dir/logs/error.log" -p "$dir" -c "$dir/nginx.conf" \
+    ip netns exec "$NS_S" "${PIN_NODE[@]}" nginx -e "$dir/logs/error.log" -p "$dir" -c "$dir/nginx.conf" \
         -g 'daemon off;' >"$dir/logs/stdout.log" 2>&1 &
     PIDS+=($!)
     wait_listen "$NS_S" t "$SERVER_IP" 80 || die "nginx did not start: $(tail -5 "$dir/logs/error.log")"
@@ -315,14 +347,36 @@ to_ms() { # wrk duration (e.g. 812.00us, 1.23ms, 2.01s, 1.50m) -> ms
         printf "%.3f", n }'
 }
 
-wrk_run() { # path tag url [extra wrk args...]: sets WRK_RPS WRK_P50 WRK_P99 (ms), or fails
-    local path=$1 tag=$2 url=$3 out="$WORK/out/$1.$2.wrk"
+cpu_ticks() { # utime+stime of the forwarder (all its threads), in clock ticks; empty if none
+    [[ -n $FWD_PID && -r /proc/$FWD_PID/stat ]] || return 0
+    # Fields after the command name (in parentheses): utime and stime are the 12th and 13th.
+    sed 's/.*) //' "/proc/$FWD_PID/stat" | awk '{ print $12 + $13 }'
+}
+
+cpu_since() { # ticks at the start -> sets CPU_US (microseconds since), or empty
+    local now
+    now=$(cpu_ticks)
+    CPU_US=""
+    [[ -n $1 && -n $now ]] || return 0
+    CPU_US=$(awk -v a="$1" -v b="$now" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.0f", (b - a) * 1e6 / hz }')
+}
+
+per() { # microseconds count -> microseconds per unit, or empty
+    [[ -n $1 && -n $2 ]] || return 0
+    awk -v us="$1" -v n="$2" 'BEGIN { if (n > 0) printf "%.2f", us / n }'
+}
+
+wrk_run() { # path tag url [extra wrk args...]: sets WRK_RPS WRK_P50 WRK_P99 (ms), WRK_N, CPU_US
+    local path=$1 tag=$2 url=$3 out="$WORK/out/$1.$2.wrk" t0
     shift 3
+    t0=$(cpu_ticks)
     if ! run_bounded $((BENCH_SECONDS + 20)) "$out" \
-            ip netns exec "$NS_C" wrk -t2 -c64 -d"${BENCH_SECONDS}s" --latency "$@" "$url"; then
+            ip netns exec "$NS_C" "${PIN_CLIENT[@]}" wrk -t2 -c64 -d"${BENCH_SECONDS}s" --latency "$@" "$url"; then
         warn "$path: wrk ($tag) failed: $(tail -3 "$out" | tr '\n' ' ')"
         return 1
     fi
+    cpu_since "$t0"
+    WRK_N=$(awk '/requests in/ {print $1}' "$out")
     local rps p50 p99 errs
     rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
     p50=$(awk '$1 == "50%" {print $2}' "$out")
@@ -334,7 +388,7 @@ wrk_run() { # path tag url [extra wrk args...]: sets WRK_RPS WRK_P50 WRK_P99 (ms
 }
 
 start_iperf_server() { # one-shot iperf3 server (-1) for one test
-    ip netns exec "$NS_S" iperf3 -s -1 -B "$SERVER_IP" -p 5201 >>"$WORK/out/iperf3-server.log" 2>&1 &
+    ip netns exec "$NS_S" "${PIN_NODE[@]}" iperf3 -s -1 -B "$SERVER_IP" -p 5201 >>"$WORK/out/iperf3-server.log" 2>&1 &
     IPERF_SRV=$!
     PIDS+=("$IPERF_SRV")
     wait_listen "$NS_S" t "$SERVER_IP" 5201 || { warn "iperf3 server did not start"; return 1; }
@@ -347,11 +401,13 @@ stop_iperf_server() { # give the one-shot server a moment to finish, then make s
 }
 
 iperf_run() { # path tag addr port [extra iperf3 args...]: sets IPERF_JSON (file), or fails
-    local path=$1 tag=$2 addr=$3 port=$4 out="$WORK/out/$1.$2.json" rc=0
+    local path=$1 tag=$2 addr=$3 port=$4 out="$WORK/out/$1.$2.json" rc=0 t0
     shift 4
     start_iperf_server || return 1
-    run_bounded $((BENCH_SECONDS + 20)) "$out" ip netns exec "$NS_C" \
+    t0=$(cpu_ticks)
+    run_bounded $((BENCH_SECONDS + 20)) "$out" ip netns exec "$NS_C" "${PIN_CLIENT[@]}" \
         iperf3 -c "$addr" -p "$port" -t "$BENCH_SECONDS" --connect-timeout 3000 -J "$@" || rc=$?
+    cpu_since "$t0"
     stop_iperf_server
     if [[ $rc != 0 ]] || ! jq -e 'has("end") and (has("error") | not)' "$out" >/dev/null 2>&1; then
         warn "$path: iperf3 ($tag) failed (rc $rc): $(jq -r '.error // empty' "$out" 2>/dev/null || tail -c 300 "$out")"
@@ -379,6 +435,7 @@ measure_path() { # path addr http_port iperf_port udp(yes|no)
     log "$path: wrk keep-alive"
     if wrk_run "$path" keepalive "http://$addr:$hport/"; then
         RES[$path.rps_keepalive]=$WRK_RPS RES[$path.p50_ms]=$WRK_P50 RES[$path.p99_ms]=$WRK_P99
+        RES[$path.cpu_us_req]=$(per "$CPU_US" "$WRK_N")
     else
         add_note "$path" "wrk keep-alive failed"; FAILURES=$((FAILURES + 1))
     fi
@@ -387,6 +444,7 @@ measure_path() { # path addr http_port iperf_port udp(yes|no)
     log "$path: wrk Connection: close"
     if wrk_run "$path" newconn "http://$addr:$hport/" -H 'Connection: close'; then
         RES[$path.rps_newconn]=$WRK_RPS
+        RES[$path.cpu_us_conn]=$(per "$CPU_US" "$WRK_N")
     else
         add_note "$path" "wrk new-connection failed"; FAILURES=$((FAILURES + 1))
     fi
@@ -409,6 +467,8 @@ measure_path() { # path addr http_port iperf_port udp(yes|no)
         RES[$path.udp_mbps]=$(jq -r '(.end.sum_received.bits_per_second //
             (.end.sum.bits_per_second * (1 - .end.sum.lost_percent / 100))) / 1e6' "$IPERF_JSON")
         RES[$path.udp_loss_pct]=$(jq -r '(.end.sum_received.lost_percent // .end.sum.lost_percent)' "$IPERF_JSON")
+        RES[$path.cpu_us_dgram]=$(per "$CPU_US" "$(jq -r '(.end.sum_received.packets // .end.sum.packets)
+            - (.end.sum_received.lost_packets // .end.sum.lost_packets)' "$IPERF_JSON")")
     else
         add_note "$path" "iperf3 UDP failed"; FAILURES=$((FAILURES + 1))
     fi
@@ -452,7 +512,7 @@ path_haproxy() {
     cat >"$cfg" <<EOF
 # generated by benches/e2e.sh
 global
-    nbthread 2
+    nbthread $FWD_THREADS
     maxconn $maxconn
     pidfile $WORK/haproxy.pid
 
@@ -478,9 +538,10 @@ backend be_iperf
     server iperf $SERVER_IP:5201
 EOF
     in_ns "$NS_N" haproxy -c -q -f "$cfg" || die "haproxy config check failed"
-    ip netns exec "$NS_N" haproxy -db -f "$cfg" >"$WORK/out/haproxy.log" 2>&1 &
+    ip netns exec "$NS_N" "${PIN_NODE[@]}" haproxy -db -f "$cfg" >"$WORK/out/haproxy.log" 2>&1 &
     local pid=$!
     PIDS+=("$pid")
+    FWD_PID=$pid
     if ! wait_listen "$NS_N" t "$NODE_IP" 31201; then
         warn "haproxy did not start: $(tail -5 "$WORK/out/haproxy.log")"
         add_note haproxy "did not start"; FAILURES=$((FAILURES + 1))
@@ -489,6 +550,7 @@ EOF
     measure_path haproxy "$NODE_IP" 31080 31201 no
     add_note haproxy "HAProxy has no UDP, UDP rows are n/a"
     kill_pid "$pid"
+    FWD_PID=""
 }
 
 write_manifests() { # [plugin chain annotation]
@@ -560,6 +622,8 @@ path_nodeportd() { # [path name] [plugin chain]
     write_manifests "$chain"
     local extra=() log="$WORK/out/$name.log" code=""
     read -ra extra <<<"$NODEPORTD_ARGS"
+    # The same thread count as HAProxy's, unless the caller chose one.
+    [[ " $NODEPORTD_ARGS " == *" --workers "* ]] || extra+=(--workers "$FWD_THREADS")
     if [[ -n $chain ]]; then
         if [[ ! -f $PLUGIN_DIR/${chain%%,*}.wasm ]]; then
             warn "plugin $chain not built in $PLUGIN_DIR (run scripts/build-plugins.sh), skipping"
@@ -569,11 +633,13 @@ path_nodeportd() { # [path name] [plugin chain]
         extra+=(--plugin-dir "$PLUGIN_DIR")
     fi
     log "starting $NODEPORTD ${extra[*]}"
-    ip netns exec "$NS_N" "$NODEPORTD" run --manifests "$WORK/manifests" --node-name bench-node \
+    ip netns exec "$NS_N" "${PIN_NODE[@]}" "$NODEPORTD" run --manifests "$WORK/manifests" \
+        --node-name bench-node \
         --nodeport-addresses "$NODE_IP/32" --admin-address 127.0.0.1:10256 "${extra[@]}" \
         >"$log" 2>&1 &
     local pid=$!
     PIDS+=("$pid")
+    FWD_PID=$pid
     for _ in $(seq $((READY_TIMEOUT * 10))); do
         kill -0 "$pid" 2>/dev/null || break
         code=$(in_ns "$NS_N" curl -s -o /dev/null -w '%{http_code}' --max-time 1 \
@@ -608,6 +674,7 @@ path_nodeportd() { # [path name] [plugin chain]
         add_note "$name" "plugin $chain made $calls selections"
     fi
     kill_pid "$pid"
+    FWD_PID=""
 }
 
 # ----------------------------------------------------------------- report --
@@ -620,6 +687,7 @@ fmt() { # metric value -> formatted cell
         tcp_gbps) awk -v v="$2" 'BEGIN { printf "%.2f", v }' ;;
         udp_mbps) awk -v v="$2" 'BEGIN { printf "%.1f", v }' ;;
         udp_loss_pct) awk -v v="$2" 'BEGIN { printf "%.2f", v }' ;;
+        cpu_us_*) awk -v v="$2" 'BEGIN { printf "%.1f", v }' ;;
     esac
 }
 
@@ -632,18 +700,25 @@ print_table() {
     local -A label=([rps_keepalive]="keep-alive req/s" [p50_ms]="p50 latency (ms)"
         [p99_ms]="p99 latency (ms)" [rps_newconn]="new conn/s (Connection: close)"
         [tcp_gbps]="TCP bulk (Gbit/s)" [udp_mbps]="UDP delivered (Mbit/s)"
-        [udp_loss_pct]="UDP loss (%)")
+        [udp_loss_pct]="UDP loss (%)" [cpu_us_req]="forwarder CPU per request (us)"
+        [cpu_us_conn]="forwarder CPU per new connection (us)"
+        [cpu_us_dgram]="forwarder CPU per datagram (us)")
     local m better
     echo
     echo "nodeportd e2e benchmark: $(date -u +%Y-%m-%dT%H:%MZ), kernel $(uname -r), $(nproc) cores," \
          "${BENCH_SECONDS}s per run, wrk -t2 -c64, iperf3 1 stream (UDP: -b 1G -l 1400)," \
          "load average at start $LOAD_AT_START"
+    if [[ $BENCH_PIN == 1 ]]; then
+        echo "pinned: client on CPU $BENCH_CPU_CLIENT; forwarder ($FWD_THREADS threads) and backends share CPU $BENCH_CPU_NODE"
+    else
+        echo "unpinned: every process may run on any CPU (the proxy can borrow the client's)"
+    fi
     [[ -x $NODEPORTD ]] && echo "nodeportd: $NODEPORTD ${NODEPORTD_ARGS}"
     echo
     echo "| metric | better | direct | kernel DNAT | HAProxy | nodeportd | nodeportd+wasm | nodeportd/HAProxy | nodeportd/DNAT | HAProxy/DNAT | wasm/nodeportd |"
     echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     for m in "${METRICS[@]}"; do
-        case $m in p50_ms | p99_ms | udp_loss_pct) better=lower ;; *) better=higher ;; esac
+        case $m in p50_ms | p99_ms | udp_loss_pct | cpu_us_*) better=lower ;; *) better=higher ;; esac
         printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "${label[$m]}" "$better" \
             "$(fmt "$m" "${RES[direct.$m]:-}")" "$(fmt "$m" "${RES[dnat.$m]:-}")" \
             "$(fmt "$m" "${RES[haproxy.$m]:-}")" "$(fmt "$m" "${RES[nodeportd.$m]:-}")" \
@@ -676,9 +751,10 @@ write_json() {
     done
     jq -Rn --argjson secs "$BENCH_SECONDS" --arg kernel "$(uname -r)" --argjson cores "$(nproc)" \
         --arg date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" --arg nodeportd "$NODEPORTD" \
-        --argjson load "$LOAD_AT_START" \
+        --argjson load "$LOAD_AT_START" --argjson pinned "$BENCH_PIN" \
         --arg nodeportd_args "$NODEPORTD_ARGS" '
         { date: $date, kernel: $kernel, cores: $cores, bench_seconds: $secs, load_at_start: $load,
+          pinned: ($pinned == 1),
           nodeportd: $nodeportd, nodeportd_args: $nodeportd_args,
           load: { wrk: "-t2 -c64 --latency", iperf3_udp: "-b 1G -l 1400" },
           paths: (reduce (inputs | split("\t")) as $r ({};

@@ -101,6 +101,8 @@ pub struct HostState {
     pub rng: fastrand::Rng,
     /// Origin of `now-nanos`, shared by every instance.
     pub origin: Instant,
+    /// The epoch clock, woken before each call.
+    pub ticker: std::sync::Arc<super::ticker::Ticker>,
 }
 
 impl host::Host for HostState {

@@ -60,6 +60,7 @@ impl Instance {
 
     fn arm(&mut self, ticks: u64) {
         self.store.data_mut().limits.hit = false;
+        self.store.data().ticker.busy();
         self.store.set_epoch_deadline(ticks);
     }
 

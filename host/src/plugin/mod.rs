@@ -4,7 +4,8 @@
 //! Service's failure policy) is decided by its caller, the flow policy.
 //!
 //! - [`bindings`]: types generated from `wit/plugin.wit` (the contract).
-//! - [`runtime`]: the one Engine, pooling allocator, epoch ticker (deadlines), limits.
+//! - [`runtime`]: the one Engine, pooling allocator, limits.
+//! - [`ticker`]: the epoch clock behind call deadlines, asleep while no plugin runs.
 //! - [`loader`]: bytes to a [`Plugin`]: SHA-256 digest, compile cache (memory, `.cwasm`).
 //! - [`contract`]: checking a component, its pre-instantiated template, a trial instance.
 //! - [`wire`]: every conversion between model types and WIT types (flow record, endpoints).
@@ -32,6 +33,7 @@ pub mod probe;
 pub mod runtime;
 pub mod setup;
 pub mod slot;
+pub mod ticker;
 pub mod wire;
 pub mod worker_instances;
 

@@ -1,6 +1,6 @@
 //! The plugin runtime: one wasmtime Engine for the daemon (pooling allocator sized by the
-//! limits), the Linker that offers the `host` imports, the epoch ticker that enforces call
-//! deadlines, the setup threads ([`super::setup`]) and the limits themselves
+//! limits), the Linker that offers the `host` imports, the epoch clock that enforces call
+//! deadlines ([`super::ticker`]), the setup threads ([`super::setup`]) and the limits themselves
 //! ([`RuntimeConfig`]). Loading is [`super::loader`].
 
 use std::path::PathBuf;
@@ -15,6 +15,7 @@ use super::bindings;
 use super::contract::Plugin;
 use super::host_state::{HostState, Limits, LogBudget};
 use super::loader::{self, CodeCache};
+use super::ticker::{Ticker, TICK};
 
 /// Limits and places, from the CLI. The defaults are safe for a node: a plugin call may take
 /// at most 5 ms, an instance at most 64 MiB.
@@ -50,9 +51,6 @@ impl Default for RuntimeConfig {
     }
 }
 
-/// Granularity of deadlines: the epoch clock ticks this often.
-const TICK: Duration = Duration::from_millis(1);
-
 /// The shared runtime. Send + Sync: the control plane loads with it, workers instantiate.
 pub struct Runtime {
     pub(super) engine: Engine,
@@ -64,6 +62,14 @@ pub struct Runtime {
     pub logs_dropped: Counter,
     /// Where workers' instances are made, configured and given endpoints.
     pub(super) setup: super::setup::Pool,
+    /// The epoch clock (asleep while no plugin runs).
+    ticker: Arc<Ticker>,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker.stop();
+    }
 }
 
 impl std::fmt::Debug for Runtime {
@@ -104,20 +110,20 @@ impl Runtime {
         bindings::host::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
         bindings::types::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
         let weak = engine.weak();
-        std::thread::Builder::new()
-            .name("plugin-epoch".into())
-            .spawn(move || loop {
-                std::thread::sleep(TICK);
-                match weak.upgrade() {
-                    Some(e) => e.increment_epoch(),
-                    None => return,
-                }
-            })?;
+        let longest = ticks(cfg.deadline.max(cfg.setup_deadline));
+        let ticker = Ticker::start(longest, move || match weak.upgrade() {
+            Some(e) => {
+                e.increment_epoch();
+                true
+            }
+            None => false,
+        })?;
         Ok(Arc::new(Self {
             engine,
             linker,
             code: CodeCache::new(cfg.cache_dir.clone()),
             setup: super::setup::Pool::start()?,
+            ticker,
             cfg,
             origin: Instant::now(),
             logs_dropped,
@@ -131,7 +137,7 @@ impl Runtime {
 
     /// Epoch ticks for a deadline: rounded up, plus one for the tick already under way.
     pub(super) fn ticks(&self, d: Duration) -> u64 {
-        (d.as_nanos().div_ceil(TICK.as_nanos()) as u64) + 1
+        ticks(d)
     }
 
     /// A fresh store for one instance.
@@ -149,10 +155,13 @@ impl Runtime {
                 log: LogBudget::new(self.cfg.log_lines_per_second, self.logs_dropped.clone()),
                 rng: fastrand::Rng::with_seed(seed),
                 origin: self.origin,
+                ticker: self.ticker.clone(),
             },
         );
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_trap();
+        // Instantiation (start functions) runs under this deadline next.
+        self.ticker.busy();
         store.set_epoch_deadline(self.ticks(self.cfg.setup_deadline));
         store
     }
@@ -167,4 +176,9 @@ impl Runtime {
     pub fn retain_compiled(&self, digests: &[&str]) {
         self.code.retain(digests);
     }
+}
+
+/// Epoch ticks for a deadline: rounded up, plus one for the tick already under way.
+fn ticks(d: Duration) -> u64 {
+    (d.as_nanos().div_ceil(TICK.as_nanos()) as u64) + 1
 }

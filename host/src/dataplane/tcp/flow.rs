@@ -29,6 +29,13 @@ impl Half {
         self.eof && !self.shut && self.conduit.as_ref().is_some_and(|c| c.pending() == 0)
     }
 
+    /// Bytes wait for the destination: only then does its writability matter. (Without
+    /// them a writable edge, which comes with every readable one, would read the source
+    /// for nothing: an EAGAIN per request.)
+    fn stalled(&self) -> bool {
+        self.conduit.as_ref().is_some_and(|c| c.pending() > 0)
+    }
+
     fn new() -> Self {
         Self {
             conduit: None,
@@ -160,13 +167,16 @@ impl Tcp {
             Phase::Connecting { .. } | Phase::Waiting { .. } => return,
             Phase::Relaying => {}
         }
-        // Which directions can move: reading a side feeds the other, writing drains into it.
+        // Which directions can move: reading a side feeds the other; writing to a side
+        // drains bytes that wait for it, if any. A source with nothing waiting is read only on
+        // its own readable edge (a short read or EAGAIN ended the last pump, so new data
+        // raises one).
         let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
         let writable = ev.is_writable() || ev.is_error();
         let (up, down) = if upstream {
-            (writable, readable)
+            (writable && t.up.stalled(), readable)
         } else {
-            (readable, writable)
+            (readable, writable && t.down.stalled())
         };
         self.relay(ctx, id, generation, up, down);
     }
