@@ -10,7 +10,7 @@
 # counts its system calls; divided by the requests wrk completed.
 #
 #   benches/syscalls.sh          (as root; cargo build --release -p nodeportd first)
-#   BENCH_SECONDS=5 NODEPORTD=target/release/nodeportd
+#   BENCH_SECONDS=5 NODEPORTD=target/release/nodeportd TOP=5 (calls listed per row)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${BENCH_SECONDS:-5}
@@ -92,9 +92,9 @@ count() {
   # the total line: % time, seconds, usecs/call, calls, errors, "total"
   calls=$(awk '$NF == "total" {print $4}' "$WORK/strace.out")
   reqs=$(awk '/requests in/ {print $1}' <<<"$out")
-  # the five most frequent calls, per request, for the line after the table row
+  # the TOP most frequent calls, per request, for the line after the table row
   awk -v r="$reqs" '$NF != "total" && $NF != "syscall" && $4 ~ /^[0-9]+$/ {printf "%s %.2f\n", $NF, $4 / r}' \
-    "$WORK/strace.out" | sort -k2 -nr | head -5 | tr '\n' ' ' > "$WORK/top"
+    "$WORK/strace.out" | sort -k2 -nr | head -"${TOP:-5}" | tr '\n' ' ' > "$WORK/top"
   echo "$calls $reqs"
 }
 

@@ -45,7 +45,13 @@ impl Tcp {
                     return;
                 }
             };
-            let node = stream.local_addr().unwrap_or(l.local);
+            // A listener bound to one address names the node address itself; only a
+            // wildcard one needs getsockname to say which address the client reached.
+            let node = if l.local.ip().is_unspecified() {
+                stream.local_addr().unwrap_or(l.local)
+            } else {
+                l.local
+            };
             let Some(route) = ctx.routes.get(&key).cloned() else {
                 reset(&stream);
                 continue;

@@ -106,18 +106,31 @@ impl Tcp {
         r.register(&mut t.upstream, flow_token(id, generation, true), both)
     }
 
-    /// The upstream socket became writable (or failed) while connecting.
-    pub(super) fn connect_progress(&mut self, ctx: &mut Ctx, id: FlowId, generation: u32) {
+    /// The upstream socket became writable (or failed) while connecting. Linux raises
+    /// EPOLLOUT on a connecting socket only once it is connected, and EPOLLERR / EPOLLHUP
+    /// when the connect failed: a writable event without either is the success, with no
+    /// system call to confirm it (getsockopt and getpeername were two per connection).
+    pub(super) fn connect_progress(
+        &mut self,
+        ctx: &mut Ctx,
+        id: FlowId,
+        generation: u32,
+        ev: &mio::event::Event,
+    ) {
         let Some((_, t)) = self.table.get_mut(id, generation) else {
             return;
         };
-        let outcome = match t.upstream.take_error() {
-            Ok(Some(e)) | Err(e) => Err(e),
-            Ok(None) => match t.upstream.peer_addr() {
-                Ok(_) => Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::NotConnected => return, // not yet
-                Err(e) => Err(e),
-            },
+        let failed = ev.is_error() || ev.is_write_closed();
+        if !failed && !ev.is_writable() {
+            return; // not yet
+        }
+        let outcome = if failed {
+            match t.upstream.take_error() {
+                Ok(Some(e)) | Err(e) => Err(e),
+                Ok(None) => Err(io::Error::from(io::ErrorKind::ConnectionReset)),
+            }
+        } else {
+            Ok(())
         };
         match outcome {
             Ok(()) => self.established(ctx, id, generation),

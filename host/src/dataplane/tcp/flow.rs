@@ -160,7 +160,7 @@ impl Tcp {
         }
         match t.phase {
             Phase::Connecting { .. } if upstream => {
-                self.connect_progress(ctx, id, generation);
+                self.connect_progress(ctx, id, generation, ev);
                 return;
             }
             // Client bytes wait in its socket: the relay reads them once connected.
@@ -212,6 +212,14 @@ impl Tcp {
                 pools.splice = false;
             }
             self.abort(ctx, id, Ending::Reset);
+            return;
+        }
+        let (up_done, down_done) = (t.up.shut || t.up.drained(), t.down.shut || t.down.drained());
+        if up_done && down_done {
+            // Both sides reached EOF and everything is written: closing the sockets sends
+            // the FINs still owed (their receive queues are empty, so no reset), without a
+            // shutdown first (two system calls per connection).
+            self.close_flow(ctx, id, Ending::Closed);
             return;
         }
         if t.up.drained() {
