@@ -137,6 +137,41 @@ fn endless_loop_in_set_backends_is_interrupted_at_the_setup_deadline() {
     );
 }
 
+/// A plugin that fails every third call: each success ends a failure streak, so only the
+/// failure rate (10 among the last 100 calls on a worker) disables it, and the disable is
+/// counted with that cause. Before the rate rule it failed a third of its flows forever.
+#[test]
+fn a_plugin_failing_every_third_call_is_disabled_by_its_failure_rate() {
+    let s = setup("hostile/every-third", &["--workers", "1"]);
+    let of_open = |name: &str, label: &str| s.d.metric_with(name, &["service=\"e2e/open\"", label]);
+    for i in 0..45 {
+        who(lo(s.open))
+            .unwrap_or_else(|e| panic!("open policy, connection {i}: {e}\n{}", s.d.log()));
+    }
+    wait_for(SETTLE, "a disable by rate counted", || {
+        of_open("nodeportd_plugin_disables_total", "cause=\"rate\"") >= 1.0
+    });
+    assert_eq!(
+        of_open("nodeportd_plugin_disables_total", "cause=\"streak\""),
+        0.0,
+        "never three failures in a row"
+    );
+    let bad = of_open("nodeportd_plugin_failures_total", "kind=\"bad_answer\"");
+    assert!(
+        (10.0..=15.0).contains(&bad),
+        "disabled at the 10th failure (30th call), not before, not much later: {bad} failures"
+    );
+    assert!(
+        of_open("nodeportd_plugin_failures_total", "kind=\"disabled\"") >= 1.0,
+        "calls are skipped while disabled"
+    );
+    let log = s.d.log();
+    assert!(
+        log.contains("cause=rate") || log.contains("cause=\"rate\""),
+        "the disable is logged with its cause:\n{log}"
+    );
+}
+
 #[test]
 fn unbounded_memory_growth_stops_at_the_cap() {
     contained(
