@@ -9,6 +9,7 @@ mod context;
 pub mod control;
 pub mod listener;
 mod nodeports;
+mod pace;
 mod parked;
 pub mod pktinfo;
 mod proxy_header;

@@ -21,6 +21,7 @@ use super::conntrack::{Entry, FlowId, Row, State, Table, Tuple};
 use super::context::Ctx;
 use super::listener::udp_upstream;
 use super::nodeports::NodePorts;
+use super::pace::Pacer;
 use super::parked::{self, Parked};
 use super::refusal::Refusal;
 use super::route::Route;
@@ -68,6 +69,8 @@ pub(super) struct Udp {
     parked: Parked<Datagram>,
     /// Buffers of datagrams that were parked, for the next ones.
     spare: Vec<Vec<u8>>,
+    /// Yields the CPU to the receivers this worker woke before reading more.
+    pacer: Pacer,
 }
 
 impl Udp {
@@ -79,6 +82,7 @@ impl Udp {
             batch: Box::new(Batch::new()),
             parked: Parked::new(parked::UDP),
             spare: Vec::new(),
+            pacer: Pacer::default(),
         }
     }
 
@@ -240,6 +244,7 @@ impl Udp {
     /// Reads every queued datagram of nodePort socket `idx`, in batches, and forwards each run
     /// of consecutive datagrams of one flow with a single sendmmsg.
     pub(super) fn receive(&mut self, ctx: &mut Ctx, idx: usize) {
+        self.pacer.before_read(ctx.now);
         loop {
             let Some(l) = self.listeners.get(idx) else {
                 return;
@@ -296,6 +301,7 @@ impl Udp {
             if n < BATCH {
                 return; // the queue was drained: a new datagram raises a new edge
             }
+            self.pacer.between_batches();
         }
     }
 
@@ -403,6 +409,7 @@ impl Udp {
             table,
             listeners,
             batch,
+            pacer,
             ..
         } = self;
         let Some((entry, u)) = table.get_mut(f.id, generation) else {
@@ -413,6 +420,7 @@ impl Udp {
         };
         let from = l.wildcard.then_some(entry.tuple.node.ip());
         let client = entry.tuple.client;
+        pacer.before_read(ctx.now);
         loop {
             let n = match batch.recv(u.upstream.as_raw_fd()) {
                 Ok(n) => n,
@@ -444,6 +452,7 @@ impl Udp {
             if n < BATCH {
                 break;
             }
+            pacer.between_batches();
         }
     }
 }
