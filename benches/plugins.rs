@@ -1,17 +1,25 @@
 //! The cost of a WASM decision per new flow, as a worker makes it (`WorkerInstances`: flow
 //! record, deadline arming, the call, its latency histogram) against the same plugin code
-//! compiled natively and the native default (kube-proxy's random choice), plus instantiation
-//! from the pre-instantiated template. Needs `scripts/build-plugins.sh` first.
+//! compiled natively, for every shipped plugin; the calibration plugin `fixtures/empty` (every
+//! call answers at once) gives the boundary each role pays; the native default (kube-proxy's
+//! random choice) and instantiation from the pre-instantiated template close it. Needs
+//! `scripts/build-plugins.sh` first.
 //!
-//! select: consistent-hash over 16 endpoints; admit: source-ranges with 3 ranges.
+//! select: consistent-hash and maglev over 16 endpoints; admit: source-ranges with 3 ranges,
+//! rate-limit (a bucket that never empties); affinity-key: client-subnet-affinity (/24).
+//!
+//! For before/after comparisons: `BENCH_PLUGIN_DIR` (default `target/plugins`) takes
+//! components built another way, `BENCH_EXPLICIT_BOUNDS=1` the engine with explicit bounds
+//! checks (`--plugin-explicit-bounds-checks`).
 
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, Criterion};
-use nodeport_plugin::{Admission, Plugin, Selection};
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
+use nodeport_plugin::{Admission, Affinity, Plugin, Selection};
 use nodeportd::metrics::Metrics;
 use nodeportd::model::{Backend, Family};
 use nodeportd::plugin::{Chain, Directory, Instance, Runtime, RuntimeConfig, WorkerInstances};
@@ -19,11 +27,15 @@ use nodeportd::policy::{FlowInfo, Random};
 use nodeportd_e2e::rig;
 
 const RANGES: &str = "10.0.0.0/8, 198.18.0.0/15, 2001:db8::/32";
+const RATE: &str = "rate=1000000000/s,burst=1000000000";
 
 fn plugin_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/plugins");
+    let dir = std::env::var_os("BENCH_PLUGIN_DIR").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/plugins"),
+        PathBuf::from,
+    );
     assert!(
-        dir.join("consistent-hash.wasm").is_file(),
+        dir.join("consistent-hash.wasm").is_file() && dir.join("fixtures/empty.wasm").is_file(),
         "run scripts/build-plugins.sh first"
     );
     dir
@@ -53,76 +65,155 @@ fn sdk_flow(f: &FlowInfo) -> nodeport_plugin::Flow {
     }
 }
 
+/// What every measurement of one run shares.
+struct Rig {
+    worker: WorkerInstances,
+    flows: Vec<FlowInfo>,
+    sdk_flows: Vec<nodeport_plugin::Flow>,
+    backends: Arc<[Backend]>,
+    now: Instant,
+    i: usize,
+}
+
+impl Rig {
+    /// The next of 4,096 flows, round and round.
+    fn next(&mut self) -> usize {
+        self.i = (self.i + 1) & 4095;
+        self.i
+    }
+
+    fn wasm_select(&mut self, g: &mut BenchmarkGroup<'_, WallTime>, name: &str, ch: &Arc<Chain>) {
+        self.worker.attach(ch);
+        g.bench_function(format!("wasm_{name}"), |b| {
+            b.iter(|| {
+                let i = self.next();
+                let r = rig::record(ch, &self.flows[i]);
+                let b = &self.backends;
+                black_box(self.worker.select(ch, Family::V4, r, b, &[], self.now))
+            })
+        });
+    }
+
+    fn wasm_admit(&mut self, g: &mut BenchmarkGroup<'_, WallTime>, name: &str, ch: &Arc<Chain>) {
+        self.worker.attach(ch);
+        g.bench_function(format!("wasm_{name}"), |b| {
+            b.iter(|| {
+                let i = self.next();
+                let r = rig::record(ch, &self.flows[i]);
+                black_box(self.worker.admit(ch, 0, Family::V4, r, self.now))
+            })
+        });
+    }
+
+    fn wasm_affinity(&mut self, g: &mut BenchmarkGroup<'_, WallTime>, name: &str, ch: &Arc<Chain>) {
+        self.worker.attach(ch);
+        g.bench_function(format!("wasm_{name}"), |b| {
+            b.iter(|| {
+                let i = self.next();
+                let r = rig::record(ch, &self.flows[i]);
+                black_box(self.worker.affinity_key(ch, Family::V4, r, self.now))
+            })
+        });
+    }
+
+    /// A native plugin's call on the SDK's flow `i`.
+    fn native<R>(
+        &mut self,
+        g: &mut BenchmarkGroup<'_, WallTime>,
+        name: &str,
+        mut call: impl FnMut(&nodeport_plugin::Flow) -> R,
+    ) {
+        g.bench_function(format!("native_{name}"), |b| {
+            b.iter(|| {
+                let i = self.next();
+                black_box(call(&self.sdk_flows[i]))
+            })
+        });
+    }
+}
+
+/// Endpoints as the SDK's native types see them.
+fn sdk_backends(n: usize) -> Vec<nodeport_plugin::Backend> {
+    (0..n as u32)
+        .map(|i| nodeport_plugin::testing::backend(i, true))
+        .collect()
+}
+
 fn bench(c: &mut Criterion) {
     let metrics = Arc::new(Metrics::new());
-    let rt = Runtime::new(
-        RuntimeConfig::default(),
-        metrics.plugin_logs_dropped.clone(),
-    )
-    .expect("runtime");
-    let mut dir =
-        Directory::new(rt.clone(), plugin_dir(), metrics, Arc::new(|| {})).expect("probe threads");
-    let b16 = rig::backends(16);
+    let config = RuntimeConfig {
+        explicit_bounds_checks: std::env::var_os("BENCH_EXPLICIT_BOUNDS").is_some_and(|v| v == "1"),
+        ..Default::default()
+    };
+    let rt = Runtime::new(config, metrics.plugin_logs_dropped.clone()).expect("runtime");
+    let root = plugin_dir();
+    let mut dir = Directory::new(rt.clone(), root.clone(), metrics.clone(), Arc::new(|| {}))
+        .expect("probe threads");
+    let mut fixtures = Directory::new(rt.clone(), root.join("fixtures"), metrics, Arc::new(|| {}))
+        .expect("probe threads");
+    let backends = rig::backends(16);
     let flows: Vec<FlowInfo> = (0..4096).map(rig::flow).collect();
+    let mut r = Rig {
+        worker: WorkerInstances::new(Some(rt.clone()), 0),
+        sdk_flows: flows.iter().map(sdk_flow).collect(),
+        flows,
+        backends: backends.clone(),
+        now: Instant::now(),
+        i: 0,
+    };
+    let empty = chain(&mut fixtures, "empty", "", &backends);
+    let service = nodeport_plugin::testing::service();
 
-    // select
-    let ch = chain(&mut dir, "consistent-hash", "", &b16);
-    let mut worker = WorkerInstances::new(Some(rt.clone()), 0);
-    worker.attach(&ch);
-    let now = Instant::now();
     let mut g = c.benchmark_group("select_16_endpoints");
-    let mut i = 0usize;
-    g.bench_function("wasm_consistent_hash", |b| {
-        b.iter(|| {
-            i = (i + 1) & 4095;
-            let r = rig::record(&ch, &flows[i]);
-            black_box(worker.select(&ch, Family::V4, r, &b16, &[], now))
-        })
-    });
-    let mut native = nodeport_consistent_hash::ConsistentHash::default();
-    native.set_backends(
-        1,
-        (0..b16.len() as u32)
-            .map(|i| nodeport_plugin::testing::backend(i, true))
-            .collect(),
+    r.wasm_select(&mut g, "boundary", &empty);
+    r.wasm_select(
+        &mut g,
+        "consistent_hash",
+        &chain(&mut dir, "consistent-hash", "", &backends),
     );
-    let sdk_flows: Vec<nodeport_plugin::Flow> = flows.iter().map(sdk_flow).collect();
-    g.bench_function("native_consistent_hash", |b| {
-        b.iter(|| {
-            i = (i + 1) & 4095;
-            black_box(native.select(&sdk_flows[i], None))
-        })
-    });
+    let mut native = nodeport_consistent_hash::ConsistentHash::default();
+    native.set_backends(1, sdk_backends(backends.len()));
+    r.native(&mut g, "consistent_hash", |f| native.select(f, None));
+    r.wasm_select(&mut g, "maglev", &chain(&mut dir, "maglev", "", &backends));
+    let mut native = nodeport_maglev::Maglev::default();
+    native.set_backends(1, sdk_backends(backends.len()));
+    r.native(&mut g, "maglev", |f| native.select(f, None));
     let mut random = Random::new(1);
     g.bench_function("native_default_random", |b| {
         b.iter(|| {
-            i = (i + 1) & 4095;
-            black_box(random.select(&flows[i], &b16, &[]))
+            let i = r.next();
+            black_box(random.select(&r.flows[i], &backends, &[]))
         })
     });
     g.finish();
 
-    // admit
-    let ch = chain(&mut dir, "source-ranges", RANGES, &b16);
-    worker.attach(&ch);
-    let mut g = c.benchmark_group("admit_3_ranges");
-    g.bench_function("wasm_source_ranges", |b| {
-        b.iter(|| {
-            i = (i + 1) & 4095;
-            let r = rig::record(&ch, &flows[i]);
-            black_box(worker.admit(&ch, 0, Family::V4, r, now))
-        })
-    });
+    let mut g = c.benchmark_group("admit");
+    r.wasm_admit(&mut g, "boundary", &empty);
+    r.wasm_admit(
+        &mut g,
+        "source_ranges",
+        &chain(&mut dir, "source-ranges", RANGES, &backends),
+    );
     let mut native = nodeport_source_ranges::SourceRanges::default();
-    native
-        .configure(&nodeport_plugin::testing::service(), RANGES)
-        .expect("config");
-    g.bench_function("native_source_ranges", |b| {
-        b.iter(|| {
-            i = (i + 1) & 4095;
-            black_box(native.admit(&sdk_flows[i]))
-        })
-    });
+    native.configure(&service, RANGES).expect("config");
+    r.native(&mut g, "source_ranges", |f| native.admit(f));
+    r.wasm_admit(
+        &mut g,
+        "rate_limit",
+        &chain(&mut dir, "rate-limit", RATE, &backends),
+    );
+    let mut native = nodeport_rate_limit::RateLimit::default();
+    native.configure(&service, RATE).expect("config");
+    r.native(&mut g, "rate_limit", |f| native.admit(f));
+    g.finish();
+
+    let mut g = c.benchmark_group("affinity_key");
+    r.wasm_affinity(&mut g, "boundary", &empty);
+    let ch = chain(&mut dir, "client-subnet-affinity", "", &backends);
+    r.wasm_affinity(&mut g, "client_subnet_affinity", &ch);
+    let mut native = nodeport_client_subnet_affinity::ClientSubnetAffinity::default();
+    native.configure(&service, "").expect("config");
+    r.native(&mut g, "client_subnet_affinity", |f| native.affinity_key(f));
     g.finish();
 
     // instantiation from the template (a pooling slot, no compilation)

@@ -491,6 +491,10 @@ fn plugin_check_and_bench_commands() {
         out.contains("roles:   selection") && out.contains("nodeport:plugin/host@0.1.0"),
         "{out}"
     );
+    assert!(
+        out.contains("memory:  bounds checks elided (guard pages), 2000 memory slots"),
+        "the default engine elides bounds checks: {out}"
+    );
 
     let bad = run_bounded(
         {
@@ -513,7 +517,9 @@ fn plugin_check_and_bench_commands() {
         {
             let mut c = std::process::Command::new(binary());
             c.args(["plugin", "bench", "--flows", "2000", "--backends", "8"])
-                .arg(built_plugin("consistent-hash"));
+                .arg(built_plugin("consistent-hash"))
+                .arg("--boundary")
+                .arg(built_plugin("fixtures/empty"));
             c
         },
         Duration::from_secs(120),
@@ -524,13 +530,74 @@ fn plugin_check_and_bench_commands() {
         "bench failed: {out} {}",
         String::from_utf8_lossy(&bench.stderr)
     );
-    for line in ["instantiate", "set-backends", "select", "memory"] {
+    for line in [
+        "instantiate",
+        "set-backends",
+        "select",
+        "  boundary select",
+        "  logic select",
+        "memory",
+    ] {
         assert!(
             out.lines().any(|l| l.starts_with(line)),
             "bench prints {line}: {out}"
         );
     }
     assert!(out.contains("p99"), "{out}");
+}
+
+/// Runs `plugin check` on consistent-hash with `extra` flags, its address space limited to
+/// `limit` bytes (RLIMIT_AS, as `ulimit -v` sets it) when given.
+fn check_with(limit: Option<u64>, extra: &[&str]) -> (bool, String, String) {
+    let mut c = std::process::Command::new(binary());
+    c.args(["plugin", "check"])
+        .arg(built_plugin("consistent-hash"))
+        .args(extra);
+    if let Some(bytes) = limit {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: only setrlimit, which is async-signal-safe, runs between fork and exec.
+        unsafe {
+            c.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: bytes,
+                    rlim_max: bytes,
+                };
+                if libc::setrlimit(libc::RLIMIT_AS, &lim) == 0 {
+                    Ok(())
+                } else {
+                    Err(io::Error::last_os_error())
+                }
+            });
+        }
+    }
+    let out = run_bounded(c, Duration::from_secs(60));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_host_that_limits_address_space_gets_explicit_bounds_checks() {
+    // 256 GiB: room for 2,000 memories of the 64 MiB cap (125 GiB), not for 2,000 guarded
+    // 4 GiB reservations (8 TiB).
+    let (ok, out, err) = check_with(Some(256 << 30), &[]);
+    assert!(ok, "the check works under the limit: {out} {err}");
+    assert!(
+        out.contains("memory:  bounds checks explicit, 2000 memory slots of 64 MiB"),
+        "the engine fell back to explicit checks: {out}"
+    );
+    assert!(
+        err.contains("cannot reserve address space for plugin memories with guard pages")
+            && err.contains("reserve_gib=8062"),
+        "the fallback says why and how much it wanted: {err}"
+    );
+    // The operator's flag chooses explicit checks without trying, so nothing is logged.
+    let (ok, out, err) = check_with(None, &["--plugin-explicit-bounds-checks"]);
+    assert!(ok, "{out} {err}");
+    assert!(out.contains("memory:  bounds checks explicit"), "{out}");
+    assert!(!err.contains("cannot reserve"), "{err}");
 }
 
 #[test]

@@ -51,6 +51,10 @@ pub struct PluginLimits {
     /// Directory for precompiled plugins (by content digest), so restarts skip compiling.
     #[arg(long = "plugin-cache-dir")]
     pub cache_dir: Option<PathBuf>,
+    /// Bounds-check every plugin memory access instead of reserving 4 GiB of address space
+    /// (not memory) per instance memory; for hosts that limit address space. Slower calls.
+    #[arg(long = "plugin-explicit-bounds-checks")]
+    pub explicit_bounds_checks: bool,
 }
 
 impl PluginLimits {
@@ -62,6 +66,7 @@ impl PluginLimits {
             memory_limit: self.memory_mib.max(1) << 20,
             max_instances: self.max_instances.max(2),
             cache_dir: self.cache_dir.clone(),
+            explicit_bounds_checks: self.explicit_bounds_checks,
             ..Default::default()
         }
     }
@@ -83,6 +88,9 @@ pub enum PluginCommand {
     Check {
         /// The component (.wasm).
         file: PathBuf,
+        /// Runtime limits (the engine is built as the daemon would build it).
+        #[command(flatten)]
+        limits: PluginLimits,
     },
     /// Measure a plugin the same way for every plugin: compile and instantiation time,
     /// per-call latency p50/p99 of each role it implements, and memory.
@@ -98,6 +106,11 @@ pub enum PluginCommand {
         /// The config string given to configure.
         #[arg(long, default_value = "")]
         config: String,
+        /// A calibration plugin whose every call answers at once (the project's
+        /// `target/plugins/fixtures/empty.wasm`): its calls, interleaved with the plugin's,
+        /// give the boundary cost of each role, reported with the plugin's own cost above it.
+        #[arg(long)]
+        boundary: Option<PathBuf>,
         /// Runtime limits.
         #[command(flatten)]
         limits: PluginLimits,

@@ -16,14 +16,22 @@ use crate::plugin::{Instance, Plugin, Runtime};
 /// Runs a `plugin` subcommand.
 pub fn run(args: PluginArgs) -> anyhow::Result<()> {
     match args.command {
-        PluginCommand::Check { file } => check(&file),
+        PluginCommand::Check { file, limits } => check(&file, &limits),
         PluginCommand::Bench {
             file,
             backends,
             flows,
             config,
             limits,
-        } => bench(&file, backends, flows.max(1), &config, &limits),
+            boundary,
+        } => bench(
+            &file,
+            backends,
+            flows.max(1),
+            &config,
+            boundary.as_deref(),
+            &limits,
+        ),
     }
 }
 
@@ -45,8 +53,8 @@ fn load(rt: &Arc<Runtime>, file: &Path) -> anyhow::Result<(Arc<Plugin>, usize, D
     Ok((plugin, bytes.len(), t0.elapsed()))
 }
 
-fn check(file: &Path) -> anyhow::Result<()> {
-    let rt = Runtime::new(Default::default(), Counter::default())?;
+fn check(file: &Path, limits: &PluginLimits) -> anyhow::Result<()> {
+    let rt = Runtime::new(limits.runtime(), Counter::default())?;
     let (p, size, _) = load(&rt, file)?;
     println!("plugin:  {} ({} bytes, sha256 {})", p.name, size, p.digest);
     println!("roles:   {}", p.roles);
@@ -59,6 +67,7 @@ fn check(file: &Path) -> anyhow::Result<()> {
         }
     );
     println!("exports: {}", p.exports.join(", "));
+    println!("memory:  {}", rt.memory_layout());
     println!("ok: matches nodeport:plugin@0.1.0");
     Ok(())
 }
@@ -71,7 +80,8 @@ fn pct(sorted: &[u64], p: f64) -> u64 {
     sorted[((last as f64 * p).round() as usize).min(last)]
 }
 
-fn report(what: &str, samples: &mut [u64]) {
+/// Prints the percentiles of nanosecond samples; returns (p50, p99).
+fn report(what: &str, samples: &mut [u64]) -> (u64, u64) {
     samples.sort_unstable();
     let p50 = pct(samples, 0.50);
     let p99 = pct(samples, 0.99);
@@ -80,6 +90,7 @@ fn report(what: &str, samples: &mut [u64]) {
         "{what:<22} p50 {p50:>8} ns   p99 {p99:>8} ns   max {max:>9} ns   ({} calls)",
         samples.len()
     );
+    (p50, p99)
 }
 
 /// A synthetic flow from client `i` in 198.18.0.0/15.
@@ -97,14 +108,8 @@ fn flow(i: usize, handle: u32) -> types::Flow {
     }
 }
 
-/// Measures instantiation, then makes the instance the calls are measured on: configured
-/// with `config` and, for a selection plugin, given `n_backends` endpoints (both timed).
-fn setup(
-    rt: &Runtime,
-    plugin: &Plugin,
-    n_backends: usize,
-    config: &str,
-) -> anyhow::Result<Instance> {
+/// Times 200 instantiations from the template (a pooling slot, no compilation).
+fn instantiations(rt: &Runtime, plugin: &Plugin) -> anyhow::Result<Vec<u64>> {
     let mut inst_ns = Vec::with_capacity(200);
     for i in 0..200 {
         let t0 = Instant::now();
@@ -113,7 +118,24 @@ fn setup(
         inst_ns.push(t0.elapsed().as_nanos() as u64);
         drop(inst);
     }
-    report("instantiate", &mut inst_ns);
+    Ok(inst_ns)
+}
+
+/// What making the measured instance took.
+struct SetupTimes {
+    configure: Duration,
+    /// None for a plugin without the selection role.
+    set_backends: Option<Duration>,
+}
+
+/// Makes the instance the calls are measured on: configured with `config` and, for a
+/// selection plugin, given `n_backends` endpoints (both timed).
+fn setup(
+    rt: &Runtime,
+    plugin: &Plugin,
+    n_backends: usize,
+    config: &str,
+) -> anyhow::Result<(Instance, SetupTimes)> {
     let mut inst =
         Instance::new(rt, plugin, 0, 1).map_err(|f| anyhow::anyhow!("instantiate: {f}"))?;
     let service = types::Service {
@@ -128,9 +150,10 @@ fn setup(
     };
     let t0 = Instant::now();
     inst.configure(&service, config)
-        .map_err(|f| anyhow::anyhow!("configure failed: {f}"))?
-        .map_err(|e| anyhow::anyhow!("configure refused {config:?}: {e}"))?;
-    println!("{:<22} {:>8} ns", "configure", t0.elapsed().as_nanos());
+        .map_err(|f| anyhow::anyhow!("{}: configure failed: {f}", plugin.name))?
+        .map_err(|e| anyhow::anyhow!("{}: configure refused {config:?}: {e}", plugin.name))?;
+    let configure = t0.elapsed();
+    let mut set_backends = None;
     if plugin.roles.selection {
         let list: Vec<types::Backend> = (0..n_backends)
             .map(|i| types::Backend {
@@ -146,14 +169,52 @@ fn setup(
             .collect();
         let t0 = Instant::now();
         inst.set_backends(0, &list)
-            .map_err(|f| anyhow::anyhow!("set-backends failed: {f}"))?;
-        println!(
-            "{:<22} {:>8} ns ({n_backends} endpoints)",
-            "set-backends",
-            t0.elapsed().as_nanos()
-        );
+            .map_err(|f| anyhow::anyhow!("{}: set-backends failed: {f}", plugin.name))?;
+        set_backends = Some(t0.elapsed());
     }
-    Ok(inst)
+    Ok((
+        inst,
+        SetupTimes {
+            configure,
+            set_backends,
+        },
+    ))
+}
+
+/// The per-flow roles, in the order they are measured.
+const ROLES: [&str; 3] = ["admit", "affinity-key", "select"];
+
+fn plays(plugin: &Plugin, role: &str) -> bool {
+    match role {
+        "admit" => plugin.roles.admission,
+        "affinity-key" => plugin.roles.affinity,
+        _ => plugin.roles.selection,
+    }
+}
+
+/// Times calls of `role` on `inst` for the flows numbered `flows`, one sample each;
+/// `failures` counts calls that failed or answered out of contract.
+fn measure(
+    inst: &mut Instance,
+    role: &str,
+    flows: std::ops::Range<usize>,
+    n_backends: usize,
+    failures: &mut usize,
+) -> Vec<u64> {
+    let n = n_backends as u32;
+    let mut samples = Vec::with_capacity(flows.len());
+    for i in flows {
+        let f = flow(i, 0);
+        let t0 = Instant::now();
+        let ok = match role {
+            "admit" => inst.admit(f).is_ok(),
+            "affinity-key" => inst.affinity_key(f).is_ok(),
+            _ => matches!(inst.select(f, None), Ok(Some(i)) if i < n) || n == 0,
+        };
+        samples.push(t0.elapsed().as_nanos() as u64);
+        *failures += usize::from(!ok);
+    }
+    samples
 }
 
 fn bench(
@@ -161,6 +222,7 @@ fn bench(
     n_backends: usize,
     flows: usize,
     config: &str,
+    boundary: Option<&Path>,
     limits: &PluginLimits,
 ) -> anyhow::Result<()> {
     let rt = Runtime::new(limits.runtime(), Counter::default())?;
@@ -169,39 +231,55 @@ fn bench(
         "plugin {} ({} bytes), roles: {}",
         plugin.name, size, plugin.roles
     );
+    println!("{:<22} {}", "memory", rt.memory_layout());
     println!(
         "{:<22} {:>8.2} ms (includes the contract check)",
         "compile + check",
         compile.as_secs_f64() * 1e3
     );
-    let mut inst = setup(&rt, &plugin, n_backends, config)?;
-    let mut samples = Vec::with_capacity(flows);
+    report("instantiate", &mut instantiations(&rt, &plugin)?);
+    let (mut inst, times) = setup(&rt, &plugin, n_backends, config)?;
+    println!("{:<22} {:>8} ns", "configure", times.configure.as_nanos());
+    if let Some(t) = times.set_backends {
+        let what = format!("({n_backends} endpoints)");
+        println!("{:<22} {:>8} ns {what}", "set-backends", t.as_nanos());
+    }
+    // The calibration plugin, given the same endpoints, for the boundary of each role.
+    let mut empty = match boundary {
+        Some(f) => {
+            let (p, _, _) = load(&rt, f)?;
+            Some((setup(&rt, &p, n_backends, "")?.0, p))
+        }
+        None => None,
+    };
     let mut failures = 0usize;
-    let mut run =
-        |what: &str, inst: &mut Instance, call: &dyn Fn(&mut Instance, types::Flow) -> bool| {
-            samples.clear();
-            for i in 0..flows {
-                let f = flow(i, 0);
-                let t0 = Instant::now();
-                let ok = call(inst, f);
-                samples.push(t0.elapsed().as_nanos() as u64);
-                failures += usize::from(!ok);
+    for role in ROLES.into_iter().filter(|r| plays(&plugin, r)) {
+        // Interleaved rounds, so drift in the machine's speed lands on both alike.
+        let (mut own, mut base) = (Vec::with_capacity(flows), Vec::with_capacity(flows));
+        let step = flows.div_ceil(10);
+        for start in (0..flows).step_by(step) {
+            let range = start..(start + step).min(flows);
+            own.extend(measure(
+                &mut inst,
+                role,
+                range.clone(),
+                n_backends,
+                &mut failures,
+            ));
+            if let Some((e, _)) = empty.as_mut().filter(|(_, p)| plays(p, role)) {
+                base.extend(measure(e, role, range, n_backends, &mut 0));
             }
-            report(what, &mut samples);
-        };
-    if plugin.roles.admission {
-        run("admit", &mut inst, &|inst, f| inst.admit(f).is_ok());
-    }
-    if plugin.roles.affinity {
-        run("affinity-key", &mut inst, &|inst, f| {
-            inst.affinity_key(f).is_ok()
-        });
-    }
-    if plugin.roles.selection {
-        let n = n_backends as u32;
-        run("select", &mut inst, &|inst, f| {
-            matches!(inst.select(f, None), Ok(Some(i)) if i < n) || (n == 0)
-        });
+        }
+        let (p50, p99) = report(role, &mut own);
+        if !base.is_empty() {
+            let (b50, b99) = report(&format!("  boundary {role}"), &mut base);
+            println!(
+                "{:<22} p50 {:>8} ns   p99 {:>8} ns   (the plugin's own code, above the boundary)",
+                format!("  logic {role}"),
+                p50.saturating_sub(b50),
+                p99.saturating_sub(b99)
+            );
+        }
     }
     println!(
         "{:<22} {:>8} KiB linear memory after the run",

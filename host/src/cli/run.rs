@@ -79,16 +79,18 @@ fn plugin_runtime(
         Some(dir) if !dir.is_dir() => {
             anyhow::bail!("--plugin-dir {}: not a directory", dir.display())
         }
-        Some(_) => Ok(Some(
-            crate::plugin::Runtime::new(
+        Some(_) => {
+            let rt = crate::plugin::Runtime::new(
                 crate::plugin::RuntimeConfig {
                     notices: notices.clone(),
                     ..args.plugin_limits.runtime()
                 },
                 metrics.plugin_logs_dropped.clone(),
             )
-            .context("cannot start the plugin runtime")?,
-        )),
+            .context("cannot start the plugin runtime")?;
+            tracing::info!(memory = %rt.memory_layout(), "plugin runtime ready");
+            Ok(Some(rt))
+        }
         None => Ok(None),
     }
 }

@@ -4,7 +4,8 @@
 //! Service's failure policy) is decided by its caller, the flow policy.
 //!
 //! - [`bindings`]: types generated from `wit/plugin.wit` (the contract).
-//! - [`runtime`]: the one Engine, pooling allocator, limits.
+//! - [`runtime`]: the one Engine, its Linker, limits.
+//! - [`engine`]: the Engine's settings: pooling slots, guarded memories, call-cost knobs.
 //! - [`ticker`]: the epoch clock behind call deadlines, asleep while no plugin runs.
 //! - [`loader`]: bytes to a [`Plugin`]: SHA-256 digest, compile cache (memory, `.cwasm`).
 //! - [`contract`]: checking a component, its pre-instantiated template, a trial instance.
@@ -25,6 +26,7 @@ pub mod bindings;
 pub mod chain;
 pub mod contract;
 pub mod directory;
+pub mod engine;
 pub mod failure;
 pub mod host_state;
 pub mod instance;
@@ -40,6 +42,7 @@ pub mod worker_instances;
 pub use chain::Chain;
 pub use contract::{Plugin, Roles};
 pub use directory::{Directory, Unresolved};
+pub use engine::MemoryLayout;
 pub use failure::{Failure, FailureKind};
 pub use instance::Instance;
 pub use runtime::{Runtime, RuntimeConfig};

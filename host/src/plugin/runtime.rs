@@ -1,5 +1,5 @@
-//! The plugin runtime: one wasmtime Engine for the daemon (pooling allocator sized by the
-//! limits), the Linker that offers the `host` imports, the epoch clock that enforces call
+//! The plugin runtime: one wasmtime Engine for the daemon ([`super::engine`]: pooling
+//! allocator sized by the limits, guarded memories), the Linker that offers the `host` imports, the epoch clock that enforces call
 //! deadlines ([`super::ticker`]), the setup threads ([`super::setup`]) and the limits themselves
 //! ([`RuntimeConfig`]). Loading is [`super::loader`].
 
@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
 use wasmtime::component::{HasSelf, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime::{Engine, Store};
 
 use super::bindings;
 use super::contract::Plugin;
+use super::engine::{self, MemoryLayout};
 use super::host_state::{HostState, Limits, LogBudget};
 use super::loader::{self, CodeCache};
 use super::ticker::{Ticker, TICK};
@@ -35,6 +36,9 @@ pub struct RuntimeConfig {
     pub log_lines_per_second: u32,
     /// Where a worker says that backoff disabled a plugin (for an Event on the Service).
     pub notices: crate::notice::Notices,
+    /// Bounds-check every guest memory access instead of reserving 4 GiB of address space
+    /// per memory slot (see [`super::engine`]).
+    pub explicit_bounds_checks: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -47,6 +51,7 @@ impl Default for RuntimeConfig {
             cache_dir: None,
             log_lines_per_second: 10,
             notices: crate::notice::Notices::default(),
+            explicit_bounds_checks: false,
         }
     }
 }
@@ -56,6 +61,8 @@ pub struct Runtime {
     pub(super) engine: Engine,
     pub(super) linker: Linker<HostState>,
     pub(super) cfg: RuntimeConfig,
+    /// How linear memories are laid out (bounds checks elided or explicit).
+    memory: MemoryLayout,
     pub(super) origin: Instant,
     pub(super) code: CodeCache,
     /// Log lines plugins wrote over their budget (all plugins).
@@ -79,33 +86,10 @@ impl std::fmt::Debug for Runtime {
 }
 
 impl Runtime {
-    /// Builds the engine (pooling allocator, epoch interruption) and starts the epoch clock;
+    /// Builds the engine ([`engine::build`]) and starts the epoch clock;
     /// `logs_dropped` counts log lines over the rate limit (a metric).
     pub fn new(cfg: RuntimeConfig, logs_dropped: Counter) -> anyhow::Result<Arc<Self>> {
-        let mut pool = PoolingAllocationConfig::new();
-        let slots = cfg.max_instances.max(1);
-        let memory = cfg.memory_limit.next_multiple_of(64 << 10);
-        pool.total_component_instances(slots)
-            // a component from wasm-component-ld has up to three core modules (main, shim, fixup)
-            .total_core_instances(slots * 4)
-            .total_memories(slots * 2)
-            .total_tables(slots * 4)
-            .max_memories_per_component(2)
-            .max_tables_per_component(4)
-            .max_memory_size(memory)
-            // keep this many idle slots warm so instantiation is a reuse, not an mmap
-            .max_unused_warm_slots(slots.min(100));
-        let mut config = Config::new();
-        config
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
-            .epoch_interruption(true)
-            // each slot reserves only the cap (plus a guard), not 4 GiB: bounds checks are
-            // explicit, which per-flow calls of a few hundred instructions do not notice
-            .memory_reservation(memory as u64)
-            .memory_guard_size(64 << 10)
-            .memory_reservation_for_growth(0)
-            .max_wasm_stack(256 << 10);
-        let engine = Engine::new(&config)?;
+        let (engine, memory) = engine::build(&cfg)?;
         let mut linker = Linker::new(&engine);
         bindings::host::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
         bindings::types::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
@@ -125,6 +109,7 @@ impl Runtime {
             setup: super::setup::Pool::start()?,
             ticker,
             cfg,
+            memory,
             origin: Instant::now(),
             logs_dropped,
         }))
@@ -133,6 +118,11 @@ impl Runtime {
     /// Settings in force.
     pub fn config(&self) -> &RuntimeConfig {
         &self.cfg
+    }
+
+    /// How linear memories are laid out, as built (the fallback may have been taken).
+    pub fn memory_layout(&self) -> MemoryLayout {
+        self.memory
     }
 
     /// Epoch ticks for a deadline: rounded up, plus one for the tick already under way.
