@@ -96,6 +96,12 @@ impl Daemon {
             .unwrap_or(0)
     }
 
+    /// The daemon's process id (for /proc readings of its threads).
+    #[allow(dead_code)] // not every bench reads it
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Open descriptors.
     pub fn fds(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))

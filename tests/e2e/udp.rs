@@ -151,3 +151,99 @@ fn a_reply_in_flight_when_its_endpoint_is_removed_still_arrives() {
     assert_eq!(&buf[..n], b"late answer");
     assert_eq!(udp_ask(&c, "next").unwrap(), "u2:next");
 }
+
+/// UDP flows from `clients` client addresses 127.0.0.2.. (two source ports each) through
+/// nodePort `np`; the /conntrack rows of flows through `np`.
+fn flows_from_many_addresses(d: &Daemon, np: u16, clients: u8) -> Vec<serde_json::Value> {
+    for c in 0..clients {
+        for port in 0..2 {
+            let s = std::net::UdpSocket::bind((std::net::Ipv4Addr::new(127, 0, 0, 2 + c), 0))
+                .expect("bind client");
+            s.connect(lo(np)).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            let payload = format!("c{c}p{port}");
+            let reply = udp_ask(&s, &payload).unwrap_or_else(|e| panic!("client {c}: {e}"));
+            assert!(reply.ends_with(&payload), "{reply}");
+        }
+    }
+    let at = format!(":{np}");
+    rows(&d.conntrack(), "udp")
+        .into_iter()
+        .filter(|r| r["node"].as_str().is_some_and(|n| n.ends_with(&at)))
+        .collect()
+}
+
+#[test]
+fn a_spread_udp_node_port_is_served_by_every_worker_each_client_on_one() {
+    let u = UdpBackend::local("u");
+    let (np, plain) = (node_port(), node_port());
+    let m = Manifests::new();
+    m.write(
+        "svc.yaml",
+        &docs(&[
+            Service::new("hot")
+                .udp("dns", np)
+                .annotate("nodeportd.dev/spread-udp", "true")
+                .yaml(),
+            slices("hot", "dns", "UDP", &[u.addr()]),
+            Service::new("quiet").udp("dns", plain).yaml(),
+            slices("quiet", "dns", "UDP", &[u.addr()]),
+        ]),
+    );
+    let mut args = LO_ONLY.to_vec();
+    args.extend(["--workers", "2"]);
+    let d = Daemon::start(m.path(), &args);
+    // One socket per worker for the spread port, one for the quiet one.
+    assert_eq!(d.metric("nodeportd_listeners"), 3.0);
+
+    let rows = flows_from_many_addresses(&d, np, 16);
+    assert_eq!(rows.len(), 32, "one flow per client port: {rows:?}");
+    let mut workers_of: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+    for r in &rows {
+        let client: std::net::SocketAddr = r["client"].as_str().unwrap().parse().unwrap();
+        let worker = r["worker"].as_u64().unwrap();
+        let steered = nodeportd::dataplane::steer::member_of(client.ip(), 2);
+        assert_eq!(
+            worker,
+            u64::from(steered),
+            "client {client} on the worker its address hashes to"
+        );
+        workers_of
+            .entry(client.ip().to_string())
+            .or_default()
+            .insert(worker);
+    }
+    assert!(
+        workers_of.values().all(|w| w.len() == 1),
+        "a client stays on one worker: {workers_of:?}"
+    );
+    let used: BTreeSet<u64> = workers_of.values().flatten().copied().collect();
+    assert_eq!(
+        used.len(),
+        2,
+        "both workers serve the spread port: {workers_of:?}"
+    );
+
+    // The quiet port stays on one socket and one worker.
+    let quiet: BTreeSet<u64> = flows_from_many_addresses(&d, plain, 8)
+        .iter()
+        .map(|r| r["worker"].as_u64().unwrap())
+        .collect();
+    assert_eq!(quiet.len(), 1, "{quiet:?}");
+
+    // The annotation goes: the port is one socket again, and still answers.
+    m.write(
+        "svc.yaml",
+        &docs(&[
+            Service::new("hot").udp("dns", np).yaml(),
+            slices("hot", "dns", "UDP", &[u.addr()]),
+            Service::new("quiet").udp("dns", plain).yaml(),
+            slices("quiet", "dns", "UDP", &[u.addr()]),
+        ]),
+    );
+    wait_for(Duration::from_secs(10), "one socket per port", || {
+        d.metric("nodeportd_listeners") == 2.0
+    });
+    let s = udp_client(lo(np), Duration::from_secs(3));
+    assert!(udp_ask(&s, "after").expect("reply").ends_with("after"));
+}

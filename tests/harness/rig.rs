@@ -48,6 +48,7 @@ pub fn frontend(plugin: &str, config: &str, backends: &Arc<[Backend]>) -> Fronte
             failure_policy: FailurePolicy::Open,
         })),
         proxy_protocol: false,
+        spread: false,
     }
 }
 

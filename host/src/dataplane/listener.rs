@@ -2,6 +2,8 @@
 //! One socket per (protocol, nodePort, bind address), whatever the number of workers: a
 //! wildcard address per family by default, so 2,768 ports x 2 protocols x 2 families is
 //! 11,072 descriptors on any node, where SO_REUSEPORT per worker would multiply that by cores.
+//! Only a Service that asks for it (`nodeportd.dev/spread-udp`) gets a socket per worker for
+//! its UDP ports ([`udp_group`]).
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -150,12 +152,29 @@ pub fn tcp_listen(s: Socket) -> io::Result<std::net::TcpListener> {
 
 /// A UDP nodePort socket that reports destination addresses (replies leave from them).
 pub fn udp_bind(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    udp_socket(addr, false)
+}
+
+fn udp_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::UdpSocket> {
     let s = socket(&addr, Type::DGRAM, SockProto::UDP)?;
+    if reuse_port {
+        s.set_reuse_port(true)?;
+    }
     // Bursts from many clients queue here instead of being dropped.
     buffers(&s, 8 << 20, 4 << 20);
     s.bind(&SockAddr::from(addr))?;
     super::pktinfo::enable(s.as_raw_fd(), addr.is_ipv6())?;
     Ok(s.into())
+}
+
+/// A spread UDP nodePort: `members` sockets in one SO_REUSEPORT group, socket `i` for worker
+/// `i`, a client's datagrams steered to one of them by its address ([`super::steer`]).
+pub fn udp_group(addr: SocketAddr, members: usize) -> io::Result<Vec<std::net::UdpSocket>> {
+    let group = (0..members.max(1))
+        .map(|_| udp_socket(addr, true))
+        .collect::<io::Result<Vec<_>>>()?;
+    super::steer::attach(&group[0], Family::of(&addr.ip()), group.len() as u32)?;
+    Ok(group)
 }
 
 /// A connected, non-blocking UDP socket towards an endpoint: one per UDP flow, so replies

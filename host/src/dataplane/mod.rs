@@ -17,6 +17,7 @@ pub mod refusal;
 pub mod relay;
 pub mod route;
 mod series;
+pub mod steer;
 mod tcp;
 mod token;
 pub mod transparent;
@@ -40,17 +41,27 @@ pub use route::Route;
 use worker::Worker;
 
 enum SocketState {
-    /// Handed to worker `owner` under control id `id`.
-    Serving { id: u64, owner: usize },
+    /// Handed to worker `owner` under control id `id`; a spread UDP nodePort has one member
+    /// per worker (in the order the group's steering counts them).
+    Serving(Vec<Member>),
     /// TCP, no endpoint: bound, not listening (SYN gets RST).
     Held(socket2::Socket),
     /// UDP, no endpoint: closed, so the kernel answers ICMP port unreachable.
     Closed,
 }
 
+/// One socket of a served nodePort: its control id and the worker that owns it.
+#[derive(Clone, Copy)]
+struct Member {
+    id: u64,
+    owner: usize,
+}
+
 struct NodePortSocket {
     addr: SocketAddr,
     state: SocketState,
+    /// Served by every worker (a spread UDP nodePort).
+    spread: bool,
 }
 
 struct Programmed {
@@ -188,6 +199,7 @@ impl Dataplane {
         let metrics = self.metrics.frontend(&(&frontend).into());
         let previous = self.programmed.get(&key).map(|p| &*p.route);
         let route = Arc::new(Route::new(frontend, metrics, chain, previous));
+        let spread = route.frontend.spread && self.peers.len() > 1;
         let wanted: Vec<(SocketAddr, bool)> = route
             .frontend
             .families
@@ -213,7 +225,7 @@ impl Dataplane {
                 .iter()
                 .position(|s| s.addr == addr)
                 .map(|i| old.swap_remove(i));
-            match self.converge(key, addr, serve, prev) {
+            match self.converge(key, addr, serve, spread, prev) {
                 Ok(s) => sockets.push(s),
                 Err(e) => errors.push(format!("{addr} ({}): {e}", key.protocol)),
             }
@@ -302,19 +314,29 @@ impl Dataplane {
         }
     }
 
-    /// Brings one socket to the wanted state from `prev`.
+    /// Brings one socket to the wanted state from `prev`. A UDP nodePort that changes between
+    /// one socket and a spread group is closed and bound again (its flows are re-steered).
     fn converge(
         &mut self,
         key: FrontendKey,
         addr: SocketAddr,
         serve: bool,
+        spread: bool,
         prev: Option<NodePortSocket>,
     ) -> std::io::Result<NodePortSocket> {
-        let state = prev.map(|p| p.state).unwrap_or(SocketState::Closed);
+        let spread = spread && key.protocol == Protocol::Udp;
+        let state = match prev {
+            Some(p) if p.spread != spread && matches!(p.state, SocketState::Serving(_)) => {
+                self.close_socket(p);
+                SocketState::Closed
+            }
+            Some(p) => p.state,
+            None => SocketState::Closed,
+        };
         let state = match (state, serve, key.protocol) {
-            (s @ SocketState::Serving { .. }, true, _) => s,
-            (SocketState::Serving { id, owner }, false, proto) => {
-                self.unserve(id, owner);
+            (s @ SocketState::Serving(_), true, _) => s,
+            (SocketState::Serving(members), false, proto) => {
+                self.unserve(&members);
                 match proto {
                     Protocol::Tcp => self.hold(addr)?,
                     Protocol::Udp => SocketState::Closed,
@@ -335,6 +357,11 @@ impl Dataplane {
                     }
                 }
             }
+            (SocketState::Closed, true, Protocol::Udp) if spread => {
+                let group = listener::udp_group(addr, self.peers.len())?;
+                self.open_sockets += group.len() as i64;
+                self.serve_group(key, group)
+            }
             (SocketState::Closed, true, Protocol::Udp) => {
                 let s = listener::udp_bind(addr)?;
                 self.open_sockets += 1;
@@ -343,7 +370,11 @@ impl Dataplane {
             (SocketState::Closed, false, Protocol::Tcp) => self.hold(addr)?,
             (SocketState::Closed, false, Protocol::Udp) => SocketState::Closed,
         };
-        Ok(NodePortSocket { addr, state })
+        Ok(NodePortSocket {
+            addr,
+            state,
+            spread,
+        })
     }
 
     fn hold(&mut self, addr: SocketAddr) -> std::io::Result<SocketState> {
@@ -353,26 +384,47 @@ impl Dataplane {
     }
 
     fn serve(&mut self, key: FrontendKey, addr: SocketAddr, socket: ListenerSocket) -> SocketState {
-        let id = self.next_id;
-        self.next_id += 1;
         let owner = self.owner(&key, &addr);
-        self.peers[owner].send(Control::AddListener { id, key, socket });
-        SocketState::Serving { id, owner }
+        SocketState::Serving(vec![self.hand(key, owner, socket)])
     }
 
-    /// Asks the owning worker to close a socket and waits until it has, so the port can be
-    /// bound again at once.
-    fn unserve(&mut self, id: u64, owner: usize) {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        if self.peers[owner].send(Control::RemoveListener { id, done: tx }) {
+    /// A spread group: socket `i` to worker `i`, as the steering program counts them.
+    fn serve_group(&mut self, key: FrontendKey, group: Vec<std::net::UdpSocket>) -> SocketState {
+        let members = group
+            .into_iter()
+            .enumerate()
+            .map(|(owner, s)| self.hand(key, owner, ListenerSocket::Udp(s)))
+            .collect();
+        SocketState::Serving(members)
+    }
+
+    /// Hands `socket` to worker `owner` under a new control id.
+    fn hand(&mut self, key: FrontendKey, owner: usize, socket: ListenerSocket) -> Member {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.peers[owner].send(Control::AddListener { id, key, socket });
+        Member { id, owner }
+    }
+
+    /// Asks the owning workers to close their sockets and waits until they have, so the port
+    /// can be bound again at once.
+    fn unserve(&mut self, members: &[Member]) {
+        let mut waits = Vec::with_capacity(members.len());
+        for m in members {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            if self.peers[m.owner].send(Control::RemoveListener { id: m.id, done: tx }) {
+                waits.push(rx);
+            }
+            self.open_sockets -= 1;
+        }
+        for rx in waits {
             let _ = rx.recv_timeout(Duration::from_secs(2));
         }
-        self.open_sockets -= 1;
     }
 
     fn close_socket(&mut self, s: NodePortSocket) {
         match s.state {
-            SocketState::Serving { id, owner } => self.unserve(id, owner),
+            SocketState::Serving(members) => self.unserve(&members),
             SocketState::Held(_) => self.open_sockets -= 1,
             SocketState::Closed => {}
         }

@@ -83,6 +83,8 @@ pub struct Frontend {
     pub plugins: Option<Arc<super::PluginSpec>>,
     /// Connections to endpoints start with a PROXY protocol v2 header (TCP only).
     pub proxy_protocol: bool,
+    /// Served by every worker, a client's datagrams steered by its address (UDP only).
+    pub spread: bool,
 }
 
 impl From<&Frontend> for crate::metrics::FrontendLabels {
@@ -203,5 +205,6 @@ fn build_port(
         policy: service.traffic_policy,
         plugins: service.plugins.clone(),
         proxy_protocol: service.proxy_protocol && sp.protocol == Protocol::Tcp,
+        spread: service.spread_udp && sp.protocol == Protocol::Udp,
     }
 }

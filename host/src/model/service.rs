@@ -147,4 +147,6 @@ pub struct Service {
     /// `nodeportd.dev/proxy-protocol: v2`: TCP connections to endpoints start with a PROXY
     /// protocol v2 header carrying the client's address.
     pub proxy_protocol: bool,
+    /// `nodeportd.dev/spread-udp: "true"`: each UDP nodePort is served by every worker.
+    pub spread_udp: bool,
 }

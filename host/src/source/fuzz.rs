@@ -140,6 +140,7 @@ impl Gen {
             "nodeportd.dev/config.pin",
             "nodeportd.dev/failure-policy",
             "nodeportd.dev/proxy-protocol",
+            "nodeportd.dev/spread-udp",
             "service.kubernetes.io/topology-mode",
         ];
         let mut annotations = Map::new();

@@ -95,6 +95,7 @@ pub(crate) mod tests {
             policy: TrafficPolicy::Cluster,
             plugins: None,
             proxy_protocol: false,
+            spread: false,
         }
     }
 

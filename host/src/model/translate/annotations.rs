@@ -29,13 +29,46 @@ pub(super) fn proxy_protocol(
     key: &ServiceKey,
     annotations: &BTreeMap<String, String>,
 ) -> Result<bool, String> {
-    match annotations.get(PROXY_PROTOCOL_ANNOTATION).map(|v| v.trim()) {
+    switch(key, annotations, PROXY_PROTOCOL_ANNOTATION, "v2", None)
+        .map_err(|e| format!("{e} is not supported (the value is \"v2\")"))
+}
+
+/// An on/off annotation: absent or empty is off, `on` is on, `off` (when there is one) is off;
+/// anything else is an error naming the Service, the annotation and the value.
+fn switch(
+    key: &ServiceKey,
+    annotations: &BTreeMap<String, String>,
+    name: &str,
+    on: &str,
+    off: Option<&str>,
+) -> Result<bool, String> {
+    match annotations.get(name).map(|v| v.trim()) {
         None | Some("") => Ok(false),
-        Some("v2") => Ok(true),
-        Some(other) => Err(format!(
-            "Service {key}: annotation {PROXY_PROTOCOL_ANNOTATION}: {other:?} is not supported (the value is \"v2\")"
-        )),
+        Some(v) if v == on => Ok(true),
+        Some(v) if Some(v) == off => Ok(false),
+        Some(other) => Err(format!("Service {key}: annotation {name}: {other:?}")),
     }
+}
+
+/// Asks for a Service's UDP nodePorts to be served by every worker.
+pub const SPREAD_UDP_ANNOTATION: &str = "nodeportd.dev/spread-udp";
+
+/// Whether each UDP nodePort is a group of one socket per worker, a client's datagrams
+/// steered to one of them by its address, instead of one socket on one worker: for busy UDP
+/// Services (DNS, QUIC, game servers) that one core cannot carry. Costs a socket per worker per
+/// port, so it is asked for per Service; TCP ports are placed on every worker already.
+pub(super) fn spread_udp(
+    key: &ServiceKey,
+    annotations: &BTreeMap<String, String>,
+) -> Result<bool, String> {
+    switch(
+        key,
+        annotations,
+        SPREAD_UDP_ANNOTATION,
+        "true",
+        Some("false"),
+    )
+    .map_err(|e| format!("{e} is not \"true\" or \"false\""))
 }
 
 #[cfg(test)]
@@ -95,6 +128,33 @@ mod tests {
         let e = invalid(&annotated(&[(on, "v1")]));
         assert!(
             e.starts_with("Service ns/x: annotation nodeportd.dev/proxy-protocol: \"v1\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn spread_udp_is_asked_for_udp_ports_only() {
+        use crate::model::fixtures::port;
+        let on = super::SPREAD_UDP_ANNOTATION;
+        assert!(served(&annotated(&[(on, "true")])).spread_udp);
+        assert!(!served(&annotated(&[(on, "false")])).spread_udp);
+        assert!(!served(&annotated(&[])).spread_udp);
+        let mut svc = annotated(&[(on, " true ")]);
+        let spec = svc.spec.as_mut().expect("spec");
+        spec.ports = Some(vec![
+            tcp("http", 30080),
+            port("dns", "UDP", 53, Some(30053)),
+        ]);
+        let node = crate::model::NodeInfo {
+            name: "n".into(),
+            zone: None,
+        };
+        let (fes, _) = crate::model::frontend::build(&served(&svc), &[], &node);
+        let by_port: Vec<(u16, bool)> = fes.iter().map(|f| (f.key.node_port, f.spread)).collect();
+        assert_eq!(by_port, vec![(30080, false), (30053, true)]);
+        let e = invalid(&annotated(&[(on, "yes")]));
+        assert!(
+            e.starts_with("Service ns/x: annotation nodeportd.dev/spread-udp: \"yes\""),
             "{e}"
         );
     }

@@ -74,6 +74,10 @@ pub fn service(svc: &K8sService, range: &RangeInclusive<u16>) -> ServiceOutcome 
         Ok(on) => on,
         Err(e) => return ServiceOutcome::Invalid(e),
     };
+    let spread_udp = match annotations::spread_udp(&key, &annotations) {
+        Ok(on) => on,
+        Err(e) => return ServiceOutcome::Invalid(e),
+    };
     ServiceOutcome::Serve(
         Service {
             key,
@@ -85,6 +89,7 @@ pub fn service(svc: &K8sService, range: &RangeInclusive<u16>) -> ServiceOutcome 
             annotations,
             plugins,
             proxy_protocol,
+            spread_udp,
         },
         errors,
     )
