@@ -358,9 +358,20 @@ impl Dataplane {
                 }
             }
             (SocketState::Closed, true, Protocol::Udp) if spread => {
-                let group = listener::udp_group(addr, self.peers.len())?;
-                self.open_sockets += group.len() as i64;
-                self.serve_group(key, group)
+                match listener::udp_group(addr, self.peers.len()) {
+                    Ok(group) => {
+                        self.open_sockets += group.len() as i64;
+                        self.serve_group(key, group)
+                    }
+                    // A port another process holds fails the same way alone: say that.
+                    Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(frontend = %key, %addr, error = %e, "cannot spread the UDP nodePort over workers; serving it from one socket");
+                        let s = listener::udp_bind(addr)?;
+                        self.open_sockets += 1;
+                        self.serve(key, addr, ListenerSocket::Udp(s))
+                    }
+                }
             }
             (SocketState::Closed, true, Protocol::Udp) => {
                 let s = listener::udp_bind(addr)?;
