@@ -30,16 +30,23 @@ const MEMORIES_PER_COMPONENT: u32 = 2;
 pub struct MemoryLayout {
     /// True when guest loads and stores carry no explicit bounds check.
     pub bounds_checks_elided: bool,
-    /// Address space one memory slot takes (reservation plus guard).
-    pub slot_bytes: u64,
+    /// Address space reserved for each memory (`Config::memory_reservation`).
+    pub reservation: u64,
+    /// The guard region after each memory (`Config::memory_guard_size`).
+    pub guard: u64,
     /// Memory slots in the pool.
     pub slots: u32,
 }
 
 impl MemoryLayout {
+    /// Address space one memory slot takes (reservation plus guard).
+    pub fn slot_bytes(&self) -> u64 {
+        self.reservation + self.guard
+    }
+
     /// Address space the whole pool reserves (not memory: untouched pages cost nothing).
     pub fn reserved_bytes(&self) -> u64 {
-        self.slot_bytes.saturating_mul(u64::from(self.slots))
+        self.slot_bytes().saturating_mul(u64::from(self.slots))
     }
 }
 
@@ -55,7 +62,7 @@ impl std::fmt::Display for MemoryLayout {
                 "explicit"
             },
             self.slots,
-            self.slot_bytes >> 20,
+            self.slot_bytes() >> 20,
         )
     }
 }
@@ -82,13 +89,15 @@ pub fn build(cfg: &RuntimeConfig) -> anyhow::Result<(Engine, MemoryLayout)> {
 /// The memory slots `cfg` asks for, with or without elided checks.
 fn layout(cfg: &RuntimeConfig, elide: bool) -> MemoryLayout {
     let cap = cap(cfg);
+    let (reservation, guard) = if elide {
+        (FULL_RESERVATION.max(cap), FULL_GUARD)
+    } else {
+        (cap, SMALL_GUARD)
+    };
     MemoryLayout {
         bounds_checks_elided: elide,
-        slot_bytes: if elide {
-            FULL_RESERVATION.max(cap) + FULL_GUARD
-        } else {
-            cap + SMALL_GUARD
-        },
+        reservation,
+        guard,
         slots: cfg.max_instances.max(1) * MEMORIES_PER_COMPONENT,
     }
 }
@@ -113,19 +122,14 @@ fn config(cfg: &RuntimeConfig, layout: &MemoryLayout) -> Config {
         .max_memory_size(cap as usize)
         // keep this many idle slots warm so instantiation is a reuse, not an mmap
         .max_unused_warm_slots(slots.min(100));
-    let (reservation, guard) = if layout.bounds_checks_elided {
-        (FULL_RESERVATION.max(cap), FULL_GUARD)
-    } else {
-        (cap, SMALL_GUARD)
-    };
     let mut config = Config::new();
     config
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
         .epoch_interruption(true)
         // out-of-bounds accesses fault into wasmtime's handler instead of being checked
         .signals_based_traps(true)
-        .memory_reservation(reservation)
-        .memory_guard_size(guard)
+        .memory_reservation(layout.reservation)
+        .memory_guard_size(layout.guard)
         .memory_reservation_for_growth(0)
         // nothing here runs guests concurrently: the Store skips that bookkeeping
         .concurrency_support(false)
@@ -142,7 +146,7 @@ mod tests {
         let (_engine, layout) = build(&RuntimeConfig::default()).expect("engine");
         assert!(layout.bounds_checks_elided, "{layout}");
         assert_eq!(layout.slots, 2000);
-        assert_eq!(layout.slot_bytes, (4 << 30) + (32 << 20));
+        assert_eq!(layout.slot_bytes(), (4 << 30) + (32 << 20));
         // about 8 TiB of address space; a 47-bit user address space has 128 TiB
         assert_eq!(layout.reserved_bytes() >> 30, 8062);
     }
@@ -157,7 +161,7 @@ mod tests {
         };
         let (_engine, layout) = build(&cfg).expect("engine");
         assert!(!layout.bounds_checks_elided);
-        assert_eq!(layout.slot_bytes, (1 << 20) + (64 << 10));
+        assert_eq!(layout.slot_bytes(), (1 << 20) + (64 << 10));
         assert_eq!(layout.reserved_bytes(), 20 * ((1 << 20) + (64 << 10)));
     }
 }
