@@ -9,6 +9,7 @@ use anyhow::Context;
 use prometheus_client::metrics::counter::Counter;
 
 use super::{PluginArgs, PluginCommand, PluginLimits};
+use crate::metrics::Role;
 use crate::plugin::bindings::types;
 use crate::plugin::wire::{address, protocol};
 use crate::plugin::{Instance, Plugin, Runtime};
@@ -181,22 +182,11 @@ fn setup(
     ))
 }
 
-/// The per-flow roles, in the order they are measured.
-const ROLES: [&str; 3] = ["admit", "affinity-key", "select"];
-
-fn plays(plugin: &Plugin, role: &str) -> bool {
-    match role {
-        "admit" => plugin.roles.admission,
-        "affinity-key" => plugin.roles.affinity,
-        _ => plugin.roles.selection,
-    }
-}
-
 /// Times calls of `role` on `inst` for the flows numbered `flows`, one sample each;
 /// `failures` counts calls that failed or answered out of contract.
 fn measure(
     inst: &mut Instance,
-    role: &str,
+    role: Role,
     flows: std::ops::Range<usize>,
     n_backends: usize,
     failures: &mut usize,
@@ -207,9 +197,9 @@ fn measure(
         let f = flow(i, 0);
         let t0 = Instant::now();
         let ok = match role {
-            "admit" => inst.admit(f).is_ok(),
-            "affinity-key" => inst.affinity_key(f).is_ok(),
-            _ => matches!(inst.select(f, None), Ok(Some(i)) if i < n) || n == 0,
+            Role::Admission => inst.admit(f).is_ok(),
+            Role::Affinity => inst.affinity_key(f).is_ok(),
+            Role::Selection => matches!(inst.select(f, None), Ok(Some(i)) if i < n) || n == 0,
         };
         samples.push(t0.elapsed().as_nanos() as u64);
         *failures += usize::from(!ok);
@@ -253,7 +243,7 @@ fn bench(
         None => None,
     };
     let mut failures = 0usize;
-    for role in ROLES.into_iter().filter(|r| plays(&plugin, r)) {
+    for role in Role::ALL.into_iter().filter(|r| plugin.roles.has(*r)) {
         // Interleaved rounds, so drift in the machine's speed lands on both alike.
         let (mut own, mut base) = (Vec::with_capacity(flows), Vec::with_capacity(flows));
         let step = flows.div_ceil(10);
@@ -266,16 +256,17 @@ fn bench(
                 n_backends,
                 &mut failures,
             ));
-            if let Some((e, _)) = empty.as_mut().filter(|(_, p)| plays(p, role)) {
+            if let Some((e, _)) = empty.as_mut().filter(|(_, p)| p.roles.has(role)) {
                 base.extend(measure(e, role, range, n_backends, &mut 0));
             }
         }
-        let (p50, p99) = report(role, &mut own);
+        let call = role.call();
+        let (p50, p99) = report(call, &mut own);
         if !base.is_empty() {
-            let (b50, b99) = report(&format!("  boundary {role}"), &mut base);
+            let (b50, b99) = report(&format!("  boundary {call}"), &mut base);
             println!(
                 "{:<22} p50 {:>8} ns   p99 {:>8} ns   (the plugin's own code, above the boundary)",
-                format!("  logic {role}"),
+                format!("  logic {call}"),
                 p50.saturating_sub(b50),
                 p99.saturating_sub(b99)
             );

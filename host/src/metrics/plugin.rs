@@ -122,7 +122,17 @@ pub enum Role {
 }
 
 impl Role {
-    const ALL: [Role; 3] = [Self::Admission, Self::Affinity, Self::Selection];
+    /// Every role, in the order a new flow meets them.
+    pub const ALL: [Role; 3] = [Self::Admission, Self::Affinity, Self::Selection];
+
+    /// The per-flow function of the role in the contract.
+    pub fn call(self) -> &'static str {
+        match self {
+            Self::Admission => "admit",
+            Self::Affinity => "affinity-key",
+            Self::Selection => "select",
+        }
+    }
 
     fn label(self) -> &'static str {
         match self {

@@ -11,6 +11,7 @@ use wasmtime::component::{Component, InstancePre};
 use super::bindings::{admission, affinity, lifecycle, names, selection};
 use super::host_state::HostState;
 use super::runtime::Runtime;
+use crate::metrics::Role;
 
 /// Which roles a plugin implements.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
@@ -21,6 +22,17 @@ pub struct Roles {
     pub selection: bool,
     /// Exports `affinity`.
     pub affinity: bool,
+}
+
+impl Roles {
+    /// Whether the component plays `role`.
+    pub fn has(&self, role: Role) -> bool {
+        match role {
+            Role::Admission => self.admission,
+            Role::Affinity => self.affinity,
+            Role::Selection => self.selection,
+        }
+    }
 }
 
 impl fmt::Display for Roles {
