@@ -82,36 +82,21 @@ impl Rig {
         self.i
     }
 
-    fn wasm_select(&mut self, g: &mut BenchmarkGroup<'_, WallTime>, name: &str, ch: &Arc<Chain>) {
+    /// A WASM call through the worker's instances, `call` being one of [`select`],
+    /// [`admit`] or [`affinity`], on chain `ch`.
+    fn wasm<R>(
+        &mut self,
+        g: &mut BenchmarkGroup<'_, WallTime>,
+        name: &str,
+        ch: &Arc<Chain>,
+        call: impl Fn(&mut WorkerInstances, &Arc<Chain>, Flow, &Arc<[Backend]>, Instant) -> R,
+    ) {
         self.worker.attach(ch);
         g.bench_function(format!("wasm_{name}"), |b| {
             b.iter(|| {
                 let i = self.next();
                 let r = rig::record(ch, &self.flows[i]);
-                let b = &self.backends;
-                black_box(self.worker.select(ch, Family::V4, r, b, &[], self.now))
-            })
-        });
-    }
-
-    fn wasm_admit(&mut self, g: &mut BenchmarkGroup<'_, WallTime>, name: &str, ch: &Arc<Chain>) {
-        self.worker.attach(ch);
-        g.bench_function(format!("wasm_{name}"), |b| {
-            b.iter(|| {
-                let i = self.next();
-                let r = rig::record(ch, &self.flows[i]);
-                black_box(self.worker.admit(ch, 0, Family::V4, r, self.now))
-            })
-        });
-    }
-
-    fn wasm_affinity(&mut self, g: &mut BenchmarkGroup<'_, WallTime>, name: &str, ch: &Arc<Chain>) {
-        self.worker.attach(ch);
-        g.bench_function(format!("wasm_{name}"), |b| {
-            b.iter(|| {
-                let i = self.next();
-                let r = rig::record(ch, &self.flows[i]);
-                black_box(self.worker.affinity_key(ch, Family::V4, r, self.now))
+                black_box(call(&mut self.worker, ch, r, &self.backends, self.now))
             })
         });
     }
@@ -130,6 +115,39 @@ impl Rig {
             })
         });
     }
+}
+
+type Flow = nodeportd::plugin::wire::types::Flow;
+type Answer<T> = Result<T, nodeportd::plugin::FailureKind>;
+
+fn select(
+    w: &mut WorkerInstances,
+    ch: &Arc<Chain>,
+    f: Flow,
+    b: &Arc<[Backend]>,
+    now: Instant,
+) -> Answer<Option<usize>> {
+    w.select(ch, Family::V4, f, b, &[], now)
+}
+
+fn admit(
+    w: &mut WorkerInstances,
+    ch: &Arc<Chain>,
+    f: Flow,
+    _: &Arc<[Backend]>,
+    now: Instant,
+) -> Answer<nodeportd::plugin::wire::types::Verdict> {
+    w.admit(ch, 0, Family::V4, f, now)
+}
+
+fn affinity(
+    w: &mut WorkerInstances,
+    ch: &Arc<Chain>,
+    f: Flow,
+    _: &Arc<[Backend]>,
+    now: Instant,
+) -> Answer<Option<nodeportd::plugin::wire::types::Affinity>> {
+    w.affinity_key(ch, Family::V4, f, now)
 }
 
 /// Endpoints as the SDK's native types see them.
@@ -165,16 +183,22 @@ fn bench(c: &mut Criterion) {
     let service = nodeport_plugin::testing::service();
 
     let mut g = c.benchmark_group("select_16_endpoints");
-    r.wasm_select(&mut g, "boundary", &empty);
-    r.wasm_select(
+    r.wasm(&mut g, "boundary", &empty, select);
+    r.wasm(
         &mut g,
         "consistent_hash",
         &chain(&mut dir, "consistent-hash", "", &backends),
+        select,
     );
     let mut native = nodeport_consistent_hash::ConsistentHash::default();
     native.set_backends(1, sdk_backends(backends.len()));
     r.native(&mut g, "consistent_hash", |f| native.select(f, None));
-    r.wasm_select(&mut g, "maglev", &chain(&mut dir, "maglev", "", &backends));
+    r.wasm(
+        &mut g,
+        "maglev",
+        &chain(&mut dir, "maglev", "", &backends),
+        select,
+    );
     let mut native = nodeport_maglev::Maglev::default();
     native.set_backends(1, sdk_backends(backends.len()));
     r.native(&mut g, "maglev", |f| native.select(f, None));
@@ -188,19 +212,21 @@ fn bench(c: &mut Criterion) {
     g.finish();
 
     let mut g = c.benchmark_group("admit");
-    r.wasm_admit(&mut g, "boundary", &empty);
-    r.wasm_admit(
+    r.wasm(&mut g, "boundary", &empty, admit);
+    r.wasm(
         &mut g,
         "source_ranges",
         &chain(&mut dir, "source-ranges", RANGES, &backends),
+        admit,
     );
     let mut native = nodeport_source_ranges::SourceRanges::default();
     native.configure(&service, RANGES).expect("config");
     r.native(&mut g, "source_ranges", |f| native.admit(f));
-    r.wasm_admit(
+    r.wasm(
         &mut g,
         "rate_limit",
         &chain(&mut dir, "rate-limit", RATE, &backends),
+        admit,
     );
     let mut native = nodeport_rate_limit::RateLimit::default();
     native.configure(&service, RATE).expect("config");
@@ -208,9 +234,9 @@ fn bench(c: &mut Criterion) {
     g.finish();
 
     let mut g = c.benchmark_group("affinity_key");
-    r.wasm_affinity(&mut g, "boundary", &empty);
+    r.wasm(&mut g, "boundary", &empty, affinity);
     let ch = chain(&mut dir, "client-subnet-affinity", "", &backends);
-    r.wasm_affinity(&mut g, "client_subnet_affinity", &ch);
+    r.wasm(&mut g, "client_subnet_affinity", &ch, affinity);
     let mut native = nodeport_client_subnet_affinity::ClientSubnetAffinity::default();
     native.configure(&service, "").expect("config");
     r.native(&mut g, "client_subnet_affinity", |f| native.affinity_key(f));
