@@ -139,8 +139,7 @@ fn run(workers: usize, spread: bool, seconds: u64, offered: u64) -> Outcome {
         .collect();
     std::thread::sleep(Duration::from_millis(300));
     delivered.store(0, Ordering::Relaxed);
-    let (_, before) = cpu_ticks(d.pid());
-    let (wb, _) = cpu_ticks(d.pid());
+    let (wb, before) = cpu_ticks(d.pid());
     let t0 = Instant::now();
     let deadline = t0 + Duration::from_secs(seconds);
     // Each sender paces itself to its share of `offered`, in bursts of 32 every so often.
@@ -180,11 +179,8 @@ fn run(workers: usize, spread: bool, seconds: u64, offered: u64) -> Outcome {
         sent,
         delivered: got,
         secs,
-        worker_ticks: wa
-            .iter()
-            .zip(wb.iter().chain(std::iter::repeat(&0)))
-            .map(|(a, b)| a - b)
-            .collect(),
+        // The workers exist from the start: the same threads in the same order.
+        worker_ticks: wa.iter().zip(&wb).map(|(a, b)| a - b).collect(),
         total_ticks: after - before,
     }
 }
