@@ -157,10 +157,8 @@ fn a_reply_in_flight_when_its_endpoint_is_removed_still_arrives() {
 fn flows_from_many_addresses(d: &Daemon, np: u16, clients: u8) -> Vec<serde_json::Value> {
     for c in 0..clients {
         for port in 0..2 {
-            let s = std::net::UdpSocket::bind((std::net::Ipv4Addr::new(127, 0, 0, 2 + c), 0))
-                .expect("bind client");
-            s.connect(lo(np)).expect("connect");
-            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            let source = std::net::IpAddr::from([127, 0, 0, 2 + c]);
+            let s = udp_client_from(source, lo(np), Duration::from_secs(3));
             let payload = format!("c{c}p{port}");
             let reply = udp_ask(&s, &payload).unwrap_or_else(|e| panic!("client {c}: {e}"));
             assert!(reply.ends_with(&payload), "{reply}");
@@ -178,18 +176,21 @@ fn a_spread_udp_node_port_is_served_by_every_worker_each_client_on_one() {
     let u = UdpBackend::local("u");
     let (np, plain) = (node_port(), node_port());
     let m = Manifests::new();
-    m.write(
-        "svc.yaml",
-        &docs(&[
-            Service::new("hot")
-                .udp("dns", np)
-                .annotate("nodeportd.dev/spread-udp", "true")
-                .yaml(),
+    let services = |spread: bool| {
+        let hot = Service::new("hot").udp("dns", np);
+        let hot = if spread {
+            hot.annotate("nodeportd.dev/spread-udp", "true")
+        } else {
+            hot
+        };
+        docs(&[
+            hot.yaml(),
             slices("hot", "dns", "UDP", &[u.addr()]),
             Service::new("quiet").udp("dns", plain).yaml(),
             slices("quiet", "dns", "UDP", &[u.addr()]),
-        ]),
-    );
+        ])
+    };
+    m.write("svc.yaml", &services(true));
     let mut args = LO_ONLY.to_vec();
     args.extend(["--workers", "2"]);
     let d = Daemon::start(m.path(), &args);
@@ -232,15 +233,7 @@ fn a_spread_udp_node_port_is_served_by_every_worker_each_client_on_one() {
     assert_eq!(quiet.len(), 1, "{quiet:?}");
 
     // The annotation goes: the port is one socket again, and still answers.
-    m.write(
-        "svc.yaml",
-        &docs(&[
-            Service::new("hot").udp("dns", np).yaml(),
-            slices("hot", "dns", "UDP", &[u.addr()]),
-            Service::new("quiet").udp("dns", plain).yaml(),
-            slices("quiet", "dns", "UDP", &[u.addr()]),
-        ]),
-    );
+    m.write("svc.yaml", &services(false));
     wait_for(Duration::from_secs(10), "one socket per port", || {
         d.metric("nodeportd_listeners") == 2.0
     });

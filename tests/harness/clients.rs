@@ -185,12 +185,17 @@ pub fn lo(port: u16) -> SocketAddr {
 
 /// A connected UDP client on 127.0.0.1 (or ::1 for an IPv6 target) with a read timeout.
 pub fn udp_client(target: SocketAddr, read_timeout: Duration) -> UdpSocket {
-    let bind = if target.is_ipv4() {
-        "127.0.0.1:0"
+    let source = if target.is_ipv4() {
+        IpAddr::from([127, 0, 0, 1])
     } else {
-        "[::1]:0"
+        IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
     };
-    let s = UdpSocket::bind(bind).expect("bind UDP client");
+    udp_client_from(source, target, read_timeout)
+}
+
+/// Like [`udp_client`], from `source` (any port).
+pub fn udp_client_from(source: IpAddr, target: SocketAddr, read_timeout: Duration) -> UdpSocket {
+    let s = UdpSocket::bind((source, 0)).expect("bind UDP client");
     s.connect(target).expect("connect UDP client");
     s.set_read_timeout(Some(read_timeout)).unwrap();
     s

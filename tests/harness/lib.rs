@@ -34,8 +34,8 @@ use std::time::Duration;
 
 pub use backends::{TcpBackend, UdpBackend};
 pub use clients::{
-    connect, http_get, http_get_full, lo, pattern, refused, udp_ask, udp_client, who, who_from,
-    Conn,
+    connect, http_get, http_get_full, lo, pattern, refused, udp_ask, udp_client, udp_client_from,
+    who, who_from, Conn,
 };
 pub use daemon::{binary, Daemon};
 pub use kube::{plugin_configmap, ApiServer, Kind, ADMIN_TOKEN, SA_TOKEN};
