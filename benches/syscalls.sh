@@ -1,24 +1,31 @@
 #!/usr/bin/env bash
 # System calls per request and per new connection, nodeportd against HAProxy (mode tcp), the
-# same load through each: the count issue 10 asks for before cutting them. Counts, not speed:
-# strace slows every call down, so only the calls per request are meaningful here.
+# same load through each: the count issue 10 asks for before cutting them. Counts, not speed.
 #
 # Everything runs on the loopback of a network namespace of its own (fixed ports cannot be
 # taken by anyone else there): nginx as the endpoint, nodeportd (release binary, 2 workers) and
 # HAProxy (2 threads) in front of it, wrk as the client. Per proxy and load (wrk -t1 -c16 for
-# BENCH_SECONDS, keep-alive and `Connection: close`), `strace -c` on every thread of the proxy
-# counts its system calls; divided by the requests wrk completed.
+# BENCH_SECONDS, keep-alive and `Connection: close`) the proxy's system calls are counted on
+# every thread and divided by the requests wrk completed. Counted with perf's syscall
+# tracepoints by default (TOOL=perf: the proxy runs at nearly full speed, so events coalesce as
+# they do under real load); TOOL=strace counts with `strace -c`, which slows every call down
+# and so splits what would arrive together (a FIN with the last data, for one).
 #
 #   benches/syscalls.sh          (as root; cargo build --release -p nodeportd first)
-#   BENCH_SECONDS=5 NODEPORTD=target/release/nodeportd TOP=5 (calls listed per row)
+#   BENCH_SECONDS=5 NODEPORTD=target/release/nodeportd TOP=5 (calls listed per row) TOOL=perf
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${BENCH_SECONDS:-5}
 NODEPORTD=${NODEPORTD:-target/release/nodeportd}
 [ -x "$NODEPORTD" ] || { echo "no $NODEPORTD: cargo build --release -p nodeportd" >&2; exit 1; }
-for c in wrk nginx haproxy strace; do
-  command -v $c >/dev/null || { apt-get install -y -qq wrk nginx-light haproxy strace >/dev/null; break; }
+TOOL=${TOOL:-perf}
+case $TOOL in perf) tool_pkg=linux-perf ;; strace) tool_pkg=strace ;; *) echo "TOOL is perf or strace" >&2; exit 1 ;; esac
+for c in wrk nginx haproxy $TOOL; do
+  command -v $c >/dev/null || { apt-get install -y -qq wrk nginx-light haproxy $tool_pkg >/dev/null; break; }
 done
+# The calls perf counts one by one (every call is in the total): what either proxy makes.
+CALLS="read recvfrom sendto write accept4 connect socket setsockopt getsockopt shutdown close
+  epoll_wait epoll_ctl fcntl clock_gettime getsockname getpeername sched_yield splice futex"
 NS=npsys-$$
 WORK=$(mktemp -d)
 PIDS=()
@@ -77,24 +84,42 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 
-# count PID PORT [wrk args...]: "<syscalls> <requests>"
+# count PID PORT [wrk args...]: "<syscalls> <requests>"; the per-call counts go to
+# $WORK/calls as "<calls> <name>" lines.
 count() {
   local pid=$1 port=$2; shift 2
-  local tids
-  tids=$(ls /proc/"$pid"/task | sed 's/^/-p /' | tr '\n' ' ')
-  # shellcheck disable=SC2086
-  strace -c -f $tids -o "$WORK/strace.out" 2>/dev/null & local st=$!
+  local st
+  if [ "$TOOL" = perf ]; then
+    local ev=raw_syscalls:sys_enter c
+    for c in $CALLS; do ev+=",syscalls:sys_enter_$c"; done
+    # -p PID counts every thread of the process.
+    perf stat -x, -e "$ev" -p "$pid" -o "$WORK/perf.out" 2>/dev/null & st=$!
+  else
+    local tids
+    tids=$(ls /proc/"$pid"/task | sed 's/^/-p /' | tr '\n' ' ')
+    # shellcheck disable=SC2086
+    strace -c -f $tids -o "$WORK/strace.out" 2>/dev/null & st=$!
+  fi
   sleep 0.5
   local out
   out=$(in_ns timeout $((SECS + 10)) wrk -t1 -c16 -d"${SECS}s" "$@" "http://127.0.0.1:$port/")
-  kill -TERM "$st"; wait "$st" 2>/dev/null || true
+  kill -INT "$st"; wait "$st" 2>/dev/null || true
   local calls reqs
-  # the total line: % time, seconds, usecs/call, calls, errors, "total"
-  calls=$(awk '$NF == "total" {print $4}' "$WORK/strace.out")
+  if [ "$TOOL" = perf ]; then
+    # CSV: count,unit,event,...
+    calls=$(awk -F, '$3 == "raw_syscalls:sys_enter" {print $1}' "$WORK/perf.out")
+    awk -F, '$3 ~ /^syscalls:sys_enter_/ {sub("syscalls:sys_enter_", "", $3); print $1, $3}' \
+      "$WORK/perf.out" > "$WORK/calls"
+  else
+    # the total line: % time, seconds, usecs/call, calls, errors, "total"
+    calls=$(awk '$NF == "total" {print $4}' "$WORK/strace.out")
+    awk '$NF != "total" && $NF != "syscall" && $4 ~ /^[0-9]+$/ {print $4, $NF}' \
+      "$WORK/strace.out" > "$WORK/calls"
+  fi
   reqs=$(awk '/requests in/ {print $1}' <<<"$out")
   # the TOP most frequent calls, per request, for the line after the table row
-  awk -v r="$reqs" '$NF != "total" && $NF != "syscall" && $4 ~ /^[0-9]+$/ {printf "%s %.2f\n", $NF, $4 / r}' \
-    "$WORK/strace.out" | sort -k2 -nr | head -"${TOP:-5}" | tr '\n' ' ' > "$WORK/top"
+  awk -v r="$reqs" '$1 > 0 {printf "%s %.2f\n", $2, $1 / r}' "$WORK/calls" |
+    sort -k2 -nr | head -"${TOP:-5}" | tr '\n' ' ' > "$WORK/top"
   echo "$calls $reqs"
 }
 

@@ -240,6 +240,11 @@ pub struct RunArgs {
     /// How TCP payload is relayed.
     #[arg(long, value_enum, default_value_t = RelayMode::Splice)]
     pub relay: RelayMode,
+    /// Size of each splice pipe, in KiB (rounded up to a power of two pages). Bigger pipes
+    /// move more per system call on bulk flows; the kernel caps unprivileged users at
+    /// /proc/sys/fs/pipe-max-size, and a refused size falls back to the default.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(4..=1 << 20))]
+    pub splice_pipe_kib: u32,
     /// On SIGTERM, how long flows may finish after listeners close.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,

@@ -119,6 +119,7 @@ fn dataplane_config(
         tcp_idle_timeout: args.tcp_idle_timeout,
         max_flows_per_worker: args.max_flows_per_worker.max(1),
         splice: args.relay == RelayMode::Splice,
+        pipe_bytes: args.splice_pipe_kib as usize * 1024,
         bind: bind.clone(),
         preserve_source_v4: transparent.is_some(),
         preserve_source_v6: transparent.is_some_and(Transparent::covers_v6),

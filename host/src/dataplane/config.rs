@@ -24,6 +24,8 @@ pub struct DataplaneConfig {
     pub max_flows_per_worker: usize,
     /// Relay with splice(2) (else copy through userspace).
     pub splice: bool,
+    /// Bytes each splice pipe asks for (see `relay::PIPE_BYTES`).
+    pub pipe_bytes: usize,
     /// Node addresses to bind.
     pub bind: BindAddresses,
     /// Local-policy IPv4 flows reach endpoints from the client's address (see `transparent`).
@@ -56,6 +58,7 @@ impl DataplaneConfig {
             tcp_idle_timeout: Duration::from_secs(86_400),
             max_flows_per_worker: 262_144,
             splice: true,
+            pipe_bytes: super::relay::PIPE_BYTES,
             bind,
             preserve_source_v4: false,
             preserve_source_v6: false,

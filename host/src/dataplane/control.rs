@@ -7,11 +7,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use mio::{Poll, Waker};
+use mio::Poll;
 
 use super::conntrack::Row;
 use super::route::Route;
 use super::token::WAKER;
+use super::wake::Wake;
 use crate::model::FrontendKey;
 use crate::policy::FlowInfo;
 
@@ -90,7 +91,7 @@ impl Load {
 pub struct Peer {
     pub(super) control: Sender<Control>,
     pub(super) handoff: Sender<Handoff>,
-    pub(super) waker: Arc<Waker>,
+    pub(super) waker: Arc<Wake>,
     pub(super) load: Arc<Load>,
 }
 
@@ -111,7 +112,7 @@ pub struct Parts {
 /// Creates a worker's poll, waker and queues.
 pub fn parts() -> io::Result<(Parts, Peer)> {
     let poll = Poll::new()?;
-    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+    let waker = Arc::new(Wake::new(poll.registry(), WAKER)?);
     let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();
     let (ho_tx, ho_rx) = crossbeam_channel::bounded(4096);
     Ok((

@@ -11,6 +11,7 @@ pub mod listener;
 mod nodeports;
 mod pace;
 mod parked;
+mod pipe;
 pub mod pktinfo;
 mod proxy_header;
 pub mod refusal;
@@ -22,6 +23,7 @@ mod tcp;
 mod token;
 pub mod transparent;
 mod udp;
+mod wake;
 mod worker;
 
 use std::collections::HashMap;

@@ -3,34 +3,12 @@
 //! written for edge-triggered readiness: it loops until neither side can make progress.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::RawFd;
 
-/// Bytes a conduit holds at most (a default pipe's capacity).
+pub use super::pipe::{Pipe, PIPE_BYTES};
+
+/// Bytes a copy conduit holds at most, and a default pipe's capacity.
 pub const CONDUIT_BYTES: usize = 64 * 1024;
-
-/// Kernel pipe used as a splice buffer; reused across flows through the worker's pool.
-pub struct Pipe {
-    read: OwnedFd,
-    write: OwnedFd,
-}
-
-impl Pipe {
-    /// A non-blocking pipe.
-    pub fn new() -> io::Result<Self> {
-        let mut fds = [0 as libc::c_int; 2];
-        // SAFETY: fds is a valid two-int array for pipe2 to fill.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: pipe2 succeeded, so both descriptors are open and owned by us alone.
-        Ok(unsafe {
-            Self {
-                read: OwnedFd::from_raw_fd(fds[0]),
-                write: OwnedFd::from_raw_fd(fds[1]),
-            }
-        })
-    }
-}
 
 /// Buffers for bytes a destination could not take yet, pooled per worker: a flow holds one
 /// only while its peer is slow, so idle flows cost no buffer memory.
@@ -79,6 +57,21 @@ pub enum Conduit {
         /// Bytes in the pipe.
         pending: usize,
     },
+}
+
+/// What readiness has said about the source's end of the stream.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// Nothing yet: a short read drained the socket, and more data raises a new edge.
+    #[default]
+    No,
+    /// Its FIN arrived (EPOLLRDHUP/EPOLLHUP without an error). The kernel marks a socket
+    /// shut for reading only once the FIN is in sequence, so every byte before it is queued
+    /// already: a short read reached the end of the stream, and reading again for the 0
+    /// would be a system call that only confirms it.
+    Fin,
+    /// It failed: read on until the error (or EOF) shows.
+    Error,
 }
 
 /// Outcome of pumping one direction.
@@ -170,13 +163,14 @@ impl Conduit {
     }
 
     /// Moves bytes from `src` to `dst` until neither can progress (edge-triggered safe).
-    /// `src_closed`: the source has signalled FIN, so reading must go on to EOF.
+    /// `src_closed`: what readiness said about the source's end (a FIN that came with the
+    /// last data raises no further edge, so it must be remembered).
     pub fn pump(
         &mut self,
         src: RawFd,
         dst: RawFd,
         src_done: bool,
-        src_closed: bool,
+        src_closed: Closed,
         scratch: &mut [u8],
         buffers: &mut Buffers,
     ) -> io::Result<Pumped> {
@@ -201,7 +195,7 @@ fn pump_copy(
     src: RawFd,
     dst: RawFd,
     src_done: bool,
-    src_closed: bool,
+    src_closed: Closed,
     scratch: &mut [u8],
     buffers: &mut Buffers,
 ) -> io::Result<Pumped> {
@@ -261,10 +255,17 @@ fn pump_copy(
             });
             return Ok(out);
         }
-        if n < scratch.len() && !src_closed {
-            // A short read drained the socket: more data will raise a new edge. A FIN that
-            // arrived with this data raised none, hence `src_closed`.
-            return Ok(out);
+        if n < scratch.len() {
+            match src_closed {
+                // A short read drained the socket: more data will raise a new edge.
+                Closed::No => return Ok(out),
+                // ... up to the FIN: the stream ends here.
+                Closed::Fin => {
+                    out.eof = true;
+                    return Ok(out);
+                }
+                Closed::Error => {}
+            }
         }
         if n == scratch.len() {
             out.bulk = true;
@@ -288,8 +289,8 @@ fn pump_splice(
     };
     loop {
         let mut progressed = false;
-        if !out.eof && *pending < CONDUIT_BYTES {
-            match splice(src, pipe.write.as_raw_fd(), CONDUIT_BYTES - *pending) {
+        if !out.eof && *pending < pipe.capacity() {
+            match splice(src, pipe.write_fd(), pipe.capacity() - *pending) {
                 Ok(0) => out.eof = true,
                 Ok(n) => {
                     *pending += n;
@@ -301,7 +302,7 @@ fn pump_splice(
             }
         }
         if *pending > 0 {
-            match splice(pipe.read.as_raw_fd(), dst, *pending) {
+            match splice(pipe.read_fd(), dst, *pending) {
                 Ok(n) => {
                     *pending -= n;
                     out.bytes += n as u64;
@@ -331,6 +332,7 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
 
     fn pair() -> (TcpStream, TcpStream) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -372,7 +374,7 @@ mod tests {
                     proxy_in.as_raw_fd(),
                     proxy_out.as_raw_fd(),
                     eof,
-                    false,
+                    Closed::No,
                     &mut scratch,
                     &mut buffers,
                 )
@@ -391,7 +393,53 @@ mod tests {
 
     #[test]
     fn splice_relays_all_bytes_in_order() {
-        roundtrip(Conduit::splice(Pipe::new().unwrap()));
+        roundtrip(Conduit::splice(Pipe::new(CONDUIT_BYTES).unwrap()));
+    }
+
+    #[test]
+    fn a_large_pipe_relays_all_bytes_in_order() {
+        roundtrip(Conduit::splice(Pipe::new(PIPE_BYTES).unwrap()));
+    }
+
+    /// A socket that received `data` and then the peer's FIN, both queued.
+    fn sent_then_closed(data: &[u8]) -> (TcpStream, TcpStream) {
+        let (mut w, r) = pair();
+        r.set_nonblocking(true).unwrap();
+        w.write_all(data).unwrap();
+        w.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut fd = libc::pollfd {
+            fd: r.as_raw_fd(),
+            events: libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        let n = unsafe { libc::poll(&mut fd, 1, 5_000) };
+        assert_eq!(n, 1, "the FIN did not arrive");
+        (w, r)
+    }
+
+    #[test]
+    fn a_short_read_up_to_a_known_fin_is_the_end_of_stream() {
+        let (proxy_out, mut server_r) = pair();
+        let dst = proxy_out.as_raw_fd();
+        let (mut scratch, mut buffers) = (vec![0u8; CONDUIT_BYTES], Buffers::default());
+        let pump = |src: &TcpStream, closed, scratch: &mut [u8], buffers: &mut Buffers| {
+            let mut c = Conduit::copy();
+            c.pump(src.as_raw_fd(), dst, false, closed, scratch, buffers)
+                .unwrap()
+        };
+        // Without word of the FIN, a short read only says the socket is drained.
+        let (_w1, open) = sent_then_closed(b"hello");
+        let p = pump(&open, Closed::No, &mut scratch, &mut buffers);
+        assert_eq!((p.bytes, p.eof), (5, false));
+        // With it, the same read ends the stream: no second read (nor edge) is needed.
+        let (_w2, fin) = sent_then_closed(b"world");
+        let p = pump(&fin, Closed::Fin, &mut scratch, &mut buffers);
+        assert_eq!((p.bytes, p.eof), (5, true));
+        drop(proxy_out);
+        let mut got = Vec::new();
+        server_r.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"helloworld");
     }
 
     #[test]

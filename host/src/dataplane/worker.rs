@@ -72,13 +72,20 @@ impl Worker {
     pub fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         loop {
-            let timeout = self.poll_timeout();
+            let mut timeout = self.poll_timeout();
+            // Senders write the eventfd only to a worker about to sleep (see `wake`).
+            let (control, inbox) = (&self.control, &self.inbox);
+            let wake = &self.ctx.peers[self.ctx.index].waker;
+            if !wake.may_sleep(|| !control.is_empty() || !inbox.is_empty()) {
+                timeout = Duration::ZERO;
+            }
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     tracing::error!(worker = self.ctx.index, error = %e, "poll failed; worker stops");
                     return;
                 }
             }
+            self.ctx.peers[self.ctx.index].waker.woke();
             self.ctx.set_now(Instant::now());
             let ctx = &mut self.ctx;
             for ev in events.iter() {

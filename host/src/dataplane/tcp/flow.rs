@@ -10,15 +10,16 @@ use std::sync::Arc;
 use super::{Pools, Tcp};
 use crate::dataplane::conntrack::{Counters, FlowId, State};
 use crate::dataplane::context::Ctx;
-use crate::dataplane::relay::{splice_unsupported, Buffers, Conduit, Pipe};
+use crate::dataplane::relay::{splice_unsupported, Buffers, Closed, Conduit, Pipe};
 use crate::dataplane::route::Route;
 use crate::policy::{Ending, FlowInfo};
 
 /// One direction of a relay.
 struct Half {
     conduit: Option<Conduit>,
-    /// The source has sent FIN (or failed): read until EOF, a short read proves nothing.
-    src_closed: bool,
+    /// What readiness said about the source's end: its FIN (a short read reaches EOF) or
+    /// a failure (read on until it shows).
+    src_closed: Closed,
     eof: bool,
     shut: bool,
 }
@@ -39,7 +40,7 @@ impl Half {
     fn new() -> Self {
         Self {
             conduit: None,
-            src_closed: false,
+            src_closed: Closed::No,
             eof: false,
             shut: false,
         }
@@ -151,12 +152,11 @@ impl Tcp {
         };
         // A FIN that came with the last data raises no further edge: remember it, whatever
         // the phase, so the relay reads through to EOF.
-        if ev.is_read_closed() || ev.is_error() {
-            if upstream {
-                t.down.src_closed = true;
-            } else {
-                t.up.src_closed = true;
-            }
+        let half = if upstream { &mut t.down } else { &mut t.up };
+        if ev.is_error() {
+            half.src_closed = Closed::Error;
+        } else if ev.is_read_closed() && half.src_closed == Closed::No {
+            half.src_closed = Closed::Fin;
         }
         match t.phase {
             Phase::Connecting { .. } if upstream => {
@@ -271,7 +271,7 @@ impl Pools {
         if p.bulk && self.splice && !conduit.is_splice() && conduit.pending() == 0 && !half.eof {
             let pipe = match self.pipes.pop() {
                 Some(p) => Ok(p),
-                None => Pipe::new(),
+                None => Pipe::new(self.pipe_bytes),
             };
             if let Ok(pipe) = pipe {
                 *conduit = Conduit::splice(pipe);

@@ -33,6 +33,8 @@ struct Pools {
     pipes: Vec<Pipe>,
     /// Relay with splice(2); cleared when the kernel turns out not to support it.
     splice: bool,
+    /// Bytes a new pipe asks for.
+    pipe_bytes: usize,
 }
 
 /// A TCP flow parked until its plugin's setup is back, at the step it waits in.
@@ -73,6 +75,7 @@ impl Tcp {
                 buffers: Buffers::default(),
                 pipes: Vec::new(),
                 splice: cfg.splice,
+                pipe_bytes: cfg.pipe_bytes,
             },
         }
     }
