@@ -23,6 +23,9 @@
 #   rps_newconn    wrk -t2 -c64 with 'Connection: close', i.e. one new
 #                  TCP connection per request, requests/s                (higher is better)
 #   tcp_gbps       iperf3 single TCP stream, received Gbit/s             (higher is better)
+#   tcp4_gbps      iperf3 -P 4, four TCP streams together, received Gbit/s (higher is better)
+#   tcp4_retrans   TCP segments retransmitted during that run in the client and node
+#                  namespaces together: both legs of a proxy (RetransSegs)   (lower is better)
 #   udp_mbps       iperf3 UDP, 1 Gbit/s offered in 1400-byte datagrams,
 #                  delivered Mbit/s                                      (higher is better)
 #   udp_loss_pct   lost datagrams in percent of those sent               (lower is better)
@@ -87,7 +90,7 @@ NOFILE=$(ulimit -Hn)
 [[ $NOFILE == unlimited || $NOFILE -gt 65536 ]] && NOFILE=65536
 
 ALL_PATHS=(direct dnat haproxy nodeportd wasm)
-METRICS=(rps_keepalive p50_ms p99_ms rps_newconn tcp_gbps udp_mbps udp_loss_pct
+METRICS=(rps_keepalive p50_ms p99_ms rps_newconn tcp_gbps tcp4_gbps tcp4_retrans udp_mbps udp_loss_pct
     cpu_us_req cpu_us_conn cpu_us_dgram)
 BENCH_PIN="${BENCH_PIN:-0}"
 BENCH_CPU_CLIENT="${BENCH_CPU_CLIENT:-0}"
@@ -416,6 +419,15 @@ iperf_run() { # path tag addr port [extra iperf3 args...]: sets IPERF_JSON (file
     IPERF_JSON=$out
 }
 
+retransmits() { # TCP segments retransmitted so far by the client and node namespaces
+    local ns n total=0
+    for ns in "$NS_C" "$NS_N"; do
+        n=$(in_ns "$ns" awk '/^Tcp:/ { if (seen) print $13; seen = 1 }' /proc/net/snmp)
+        total=$((total + n))
+    done
+    echo "$total"
+}
+
 http_ok() { # addr port: one request from the client must get a 200
     local code
     code=$(in_ns "$NS_C" curl -s -o /dev/null -w '%{http_code}' --max-time 3 "http://$1:$2/" || true)
@@ -455,6 +467,17 @@ measure_path() { # path addr http_port iperf_port udp(yes|no)
         RES[$path.tcp_gbps]=$(jq -r '.end.sum_received.bits_per_second / 1e9' "$IPERF_JSON")
     else
         add_note "$path" "iperf3 TCP failed"; FAILURES=$((FAILURES + 1))
+    fi
+    sleep 1
+
+    log "$path: iperf3 TCP, 4 streams"
+    local retrans0
+    retrans0=$(retransmits)
+    if iperf_run "$path" tcp4 "$addr" "$iport" -P 4; then
+        RES[$path.tcp4_gbps]=$(jq -r '.end.sum_received.bits_per_second / 1e9' "$IPERF_JSON")
+        RES[$path.tcp4_retrans]=$(($(retransmits) - retrans0))
+    else
+        add_note "$path" "iperf3 TCP, 4 streams failed"; FAILURES=$((FAILURES + 1))
     fi
     sleep 1
 
@@ -684,7 +707,8 @@ fmt() { # metric value -> formatted cell
     case $1 in
         rps_*) awk -v v="$2" 'BEGIN { printf "%.0f", v }' ;;
         p50_ms | p99_ms) awk -v v="$2" 'BEGIN { printf "%.3f", v }' ;;
-        tcp_gbps) awk -v v="$2" 'BEGIN { printf "%.2f", v }' ;;
+        tcp_gbps | tcp4_gbps) awk -v v="$2" 'BEGIN { printf "%.2f", v }' ;;
+        tcp4_retrans) awk -v v="$2" 'BEGIN { printf "%.0f", v }' ;;
         udp_mbps) awk -v v="$2" 'BEGIN { printf "%.1f", v }' ;;
         udp_loss_pct) awk -v v="$2" 'BEGIN { printf "%.2f", v }' ;;
         cpu_us_*) awk -v v="$2" 'BEGIN { printf "%.1f", v }' ;;
@@ -699,14 +723,15 @@ ratio() { # a b -> a/b formatted, n/a if either is missing or b is 0
 print_table() {
     local -A label=([rps_keepalive]="keep-alive req/s" [p50_ms]="p50 latency (ms)"
         [p99_ms]="p99 latency (ms)" [rps_newconn]="new conn/s (Connection: close)"
-        [tcp_gbps]="TCP bulk (Gbit/s)" [udp_mbps]="UDP delivered (Mbit/s)"
+        [tcp_gbps]="TCP bulk (Gbit/s)" [tcp4_gbps]="TCP bulk, 4 streams (Gbit/s)"
+        [tcp4_retrans]="TCP retransmits, 4 streams" [udp_mbps]="UDP delivered (Mbit/s)"
         [udp_loss_pct]="UDP loss (%)" [cpu_us_req]="forwarder CPU per request (us)"
         [cpu_us_conn]="forwarder CPU per new connection (us)"
         [cpu_us_dgram]="forwarder CPU per datagram (us)")
     local m better
     echo
     echo "nodeportd e2e benchmark: $(date -u +%Y-%m-%dT%H:%MZ), kernel $(uname -r), $(nproc) cores," \
-         "${BENCH_SECONDS}s per run, wrk -t2 -c64, iperf3 1 stream (UDP: -b 1G -l 1400)," \
+         "${BENCH_SECONDS}s per run, wrk -t2 -c64, iperf3 1 and 4 streams (UDP: -b 1G -l 1400)," \
          "load average at start $LOAD_AT_START"
     if [[ $BENCH_PIN == 1 ]]; then
         echo "pinned: client on CPU $BENCH_CPU_CLIENT; forwarder ($FWD_THREADS threads) and backends share CPU $BENCH_CPU_NODE"
@@ -718,7 +743,7 @@ print_table() {
     echo "| metric | better | direct | kernel DNAT | HAProxy | nodeportd | nodeportd+wasm | nodeportd/HAProxy | nodeportd/DNAT | HAProxy/DNAT | wasm/nodeportd |"
     echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     for m in "${METRICS[@]}"; do
-        case $m in p50_ms | p99_ms | udp_loss_pct | cpu_us_*) better=lower ;; *) better=higher ;; esac
+        case $m in p50_ms | p99_ms | tcp4_retrans | udp_loss_pct | cpu_us_*) better=lower ;; *) better=higher ;; esac
         printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "${label[$m]}" "$better" \
             "$(fmt "$m" "${RES[direct.$m]:-}")" "$(fmt "$m" "${RES[dnat.$m]:-}")" \
             "$(fmt "$m" "${RES[haproxy.$m]:-}")" "$(fmt "$m" "${RES[nodeportd.$m]:-}")" \
