@@ -589,7 +589,7 @@ fn a_host_that_limits_address_space_gets_explicit_bounds_checks() {
         "the engine fell back to explicit checks: {out}"
     );
     assert!(
-        err.contains("cannot reserve address space for plugin memories with guard pages")
+        err.contains("cannot build the plugin engine with guard pages")
             && err.contains("reserve_gib=8062"),
         "the fallback says why and how much it wanted: {err}"
     );

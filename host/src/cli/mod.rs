@@ -46,7 +46,9 @@ pub struct PluginLimits {
     #[arg(long = "plugin-memory-mib", default_value_t = 64)]
     pub memory_mib: usize,
     /// Plugin instances that may exist at once (one per plugin per worker, plus probes).
-    #[arg(long = "plugin-max-instances", default_value_t = 1000)]
+    /// At most 2^20: the pool sizes its tables and memories from it.
+    #[arg(long = "plugin-max-instances", default_value_t = 1000,
+        value_parser = clap::value_parser!(u32).range(2..=1 << 20))]
     pub max_instances: u32,
     /// Directory for precompiled plugins (by content digest), so restarts skip compiling.
     #[arg(long = "plugin-cache-dir")]
@@ -241,8 +243,10 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = RelayMode::Splice)]
     pub relay: RelayMode,
     /// Size of each splice pipe, in KiB (rounded up to a power of two pages). Bigger pipes
-    /// move more per system call on bulk flows; the kernel caps unprivileged users at
-    /// /proc/sys/fs/pipe-max-size, and a refused size falls back to the default.
+    /// move more per system call on bulk flows. Without CAP_SYS_RESOURCE the kernel caps a
+    /// pipe at /proc/sys/fs/pipe-max-size and all of the user's pipes together at
+    /// fs/pipe-user-pages-soft (256 pipes of 256 KiB by default); a refused pipe keeps the
+    /// size it got and is closed, not pooled, when its flow ends.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(4..=1 << 20))]
     pub splice_pipe_kib: u32,
     /// On SIGTERM, how long flows may finish after listeners close.

@@ -156,24 +156,41 @@ pub fn udp_bind(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
 }
 
 fn udp_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::UdpSocket> {
+    let s = udp_unbound(addr, reuse_port)?;
+    udp_bound(s, addr)
+}
+
+/// A UDP nodePort socket of `addr`'s family, not yet bound.
+fn udp_unbound(addr: SocketAddr, reuse_port: bool) -> io::Result<Socket> {
     let s = socket(&addr, Type::DGRAM, SockProto::UDP)?;
     if reuse_port {
         s.set_reuse_port(true)?;
     }
     // Bursts from many clients queue here instead of being dropped.
     buffers(&s, 8 << 20, 4 << 20);
+    Ok(s)
+}
+
+fn udp_bound(s: Socket, addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     s.bind(&SockAddr::from(addr))?;
     super::pktinfo::enable(s.as_raw_fd(), addr.is_ipv6())?;
     Ok(s.into())
 }
 
 /// A spread UDP nodePort: `members` sockets in one SO_REUSEPORT group, socket `i` for worker
-/// `i`, a client's datagrams steered to one of them by its address ([`super::steer`]).
+/// `i`, a client's datagrams steered to one of them by its address ([`super::steer`]). The
+/// program is attached to the first socket before it binds (the kernel makes the group
+/// then), so no datagram is ever spread by the kernel's own 4-tuple hash.
 pub fn udp_group(addr: SocketAddr, members: usize) -> io::Result<Vec<std::net::UdpSocket>> {
-    let group = (0..members.max(1))
-        .map(|_| udp_socket(addr, true))
-        .collect::<io::Result<Vec<_>>>()?;
-    super::steer::attach(&group[0], Family::of(&addr.ip()), group.len() as u32)?;
+    let members = members.max(1);
+    let first = udp_unbound(addr, true)?;
+    super::steer::attach(&first, Family::of(&addr.ip()), members as u32)?;
+    let mut group = vec![udp_bound(first, addr)?];
+    // Port 0 (tests): the rest join the port the first was given.
+    let addr = group[0].local_addr()?;
+    for _ in 1..members {
+        group.push(udp_socket(addr, true)?);
+    }
     Ok(group)
 }
 
@@ -218,4 +235,50 @@ pub fn tcp_connect(
         Err(e) => return Err(e),
     }
     Ok(s.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_spread_group_steers_each_client_address_to_its_member() {
+        let group = udp_group(SocketAddr::from(([127, 0, 0, 1], 0)), 2).unwrap();
+        let node = group[0].local_addr().unwrap();
+        assert_eq!(
+            group[1].local_addr().unwrap(),
+            node,
+            "one port for the group"
+        );
+        for s in &group {
+            // Nodeport sockets are non-blocking: wait for each datagram instead.
+            s.set_nonblocking(false).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        }
+        let mut want = [0usize; 2];
+        for i in 0..16u8 {
+            let ip = IpAddr::from([127, 0, 0, 2 + i]);
+            let member = super::super::steer::member_of(ip, 2) as usize;
+            // Two source ports per address: the port must not matter.
+            for _ in 0..2 {
+                let c = std::net::UdpSocket::bind((ip, 0)).unwrap();
+                c.send_to(&[i], node).unwrap();
+                want[member] += 1;
+                let mut buf = [0u8; 4];
+                let (n, from) = group[member].recv_from(&mut buf).unwrap();
+                assert_eq!((n, buf[0], from.ip()), (1, i, ip), "client {ip}");
+            }
+        }
+        assert!(want.iter().all(|&n| n > 0), "both members used: {want:?}");
+        for s in &group {
+            s.set_nonblocking(true).unwrap();
+            let err = s.recv_from(&mut [0u8; 4]).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                io::ErrorKind::WouldBlock,
+                "a datagram went astray"
+            );
+        }
+    }
 }

@@ -191,7 +191,8 @@ impl Dataplane {
 
     /// Programs a frontend (new or changed). Its sockets are bound, held or closed to match
     /// its endpoints. Err names what could not be bound; a new frontend is then not
-    /// programmed at all, an existing one keeps what it had.
+    /// programmed at all, an existing one keeps what it had, except a UDP port whose spread
+    /// changed: its old socket is closed first, so it stays down until a retry binds it.
     pub fn upsert(
         &mut self,
         frontend: Frontend,

@@ -7,7 +7,7 @@ use std::os::fd::RawFd;
 
 pub use super::pipe::{Pipe, PIPE_BYTES};
 
-/// Bytes a copy conduit holds at most, and a default pipe's capacity.
+/// Bytes a copy conduit holds at most.
 pub const CONDUIT_BYTES: usize = 64 * 1024;
 
 /// Buffers for bytes a destination could not take yet, pooled per worker: a flow holds one
@@ -153,10 +153,13 @@ impl Conduit {
         }
     }
 
-    /// Returns the pipe or buffer to the worker's pools (a non-empty pipe is just closed).
+    /// Returns the pipe or buffer to the worker's pools. A non-empty pipe is just closed, and
+    /// so is one the kernel sized short of what was asked (`Pipe::is_short`).
     pub fn release(self, pipes: &mut Vec<Pipe>, buffers: &mut Buffers) {
         match self {
-            Self::Splice { pipe, pending: 0 } if pipes.len() < PIPE_POOL => pipes.push(pipe),
+            Self::Splice { pipe, pending: 0 } if pipes.len() < PIPE_POOL && !pipe.is_short() => {
+                pipes.push(pipe)
+            }
             Self::Copy { stash: Some(s) } => buffers.give(s.buf),
             _ => {}
         }
@@ -399,6 +402,19 @@ mod tests {
     #[test]
     fn a_large_pipe_relays_all_bytes_in_order() {
         roundtrip(Conduit::splice(Pipe::new(PIPE_BYTES).unwrap()));
+    }
+
+    #[test]
+    fn a_pipe_sized_short_of_the_ask_is_not_pooled() {
+        let (mut pipes, mut buffers) = (Vec::new(), Buffers::default());
+        // Refused to every user: the pipe keeps its first size, short of the ask.
+        Conduit::splice(Pipe::new(usize::MAX).unwrap()).release(&mut pipes, &mut buffers);
+        assert!(
+            pipes.is_empty(),
+            "a short pipe would keep its size in the pool"
+        );
+        Conduit::splice(Pipe::new(CONDUIT_BYTES).unwrap()).release(&mut pipes, &mut buffers);
+        assert_eq!(pipes.len(), 1, "a pipe granted its size is reused");
     }
 
     /// A socket that received `data` and then the peer's FIN, both queued.

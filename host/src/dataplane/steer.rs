@@ -140,17 +140,84 @@ mod tests {
         assert_eq!(last_but_one.k, 7, "modulo the group size");
     }
 
+    /// Runs `prog` the way the kernel runs a reuseport program on a datagram whose IP
+    /// header is `net`: just the instructions `program` emits.
+    fn run(prog: &[sock_filter], net: &[u8]) -> u32 {
+        let (mut a, mut x) = (0u32, 0u32);
+        for ins in prog {
+            match u32::from(ins.code) {
+                c if c == BPF_LD | BPF_W | BPF_ABS => {
+                    let at = ins.k.wrapping_sub(libc::SKF_NET_OFF as u32) as usize;
+                    a = u32::from_be_bytes(net[at..at + 4].try_into().unwrap());
+                }
+                c if c == BPF_MISC | BPF_TAX => x = a,
+                c if c == BPF_ALU | BPF_XOR | BPF_X => a ^= x,
+                c if c == BPF_ALU | BPF_RSH | BPF_K => a >>= ins.k,
+                c if c == BPF_ALU | BPF_MUL | BPF_K => a = a.wrapping_mul(ins.k),
+                c if c == BPF_ALU | BPF_MOD | BPF_K => a %= ins.k,
+                c if c == BPF_RET | BPF_A => return a,
+                other => panic!("instruction {other:#x} is not one program() emits"),
+            }
+        }
+        panic!("the program fell off its end")
+    }
+
+    /// An IP header of `client`'s family with `client` as its source (the rest arbitrary).
+    fn header(client: IpAddr) -> Vec<u8> {
+        match client {
+            IpAddr::V4(a) => {
+                let mut h = vec![0x45; 20];
+                h[12..16].copy_from_slice(&a.octets());
+                h
+            }
+            IpAddr::V6(a) => {
+                let mut h = vec![0x60; 40];
+                h[8..24].copy_from_slice(&a.octets());
+                h
+            }
+        }
+    }
+
+    #[test]
+    fn the_kernel_program_picks_the_member_member_of_names() {
+        // Deterministic pseudo-random addresses (a 64-bit LCG), both families, every size.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            seed
+        };
+        for members in 1..=64u32 {
+            for _ in 0..50 {
+                let v4 = IpAddr::from(std::net::Ipv4Addr::from((next() >> 32) as u32));
+                let v6 = IpAddr::from(std::net::Ipv6Addr::from(
+                    (u128::from(next()) << 64) | u128::from(next()),
+                ));
+                for (ip, family) in [(v4, Family::V4), (v6, Family::V6)] {
+                    let got = run(&program(family, members), &header(ip));
+                    assert_eq!(got, member_of(ip, members), "{ip} in a group of {members}");
+                    assert!(got < members);
+                }
+            }
+        }
+    }
+
     #[test]
     fn clients_spread_over_members_and_each_stays_on_one() {
         let mut per = [0usize; 2];
         for i in 0..1000u32 {
             let ip = IpAddr::from(std::net::Ipv4Addr::from(0xc612_0000 | i));
-            let m = member_of(ip, 2);
-            assert_eq!(m, member_of(ip, 2));
+            // Whatever the source port: the program reads only the address.
+            let m = run(&program(Family::V4, 2), &header(ip));
             per[m as usize] += 1;
         }
         assert!(per.iter().all(|&n| n > 400), "{per:?}");
-        let v6: IpAddr = "2001:db8::1".parse().unwrap();
-        assert!(member_of(v6, 3) < 3);
+        let mut per = [0usize; 3];
+        for i in 0..1500u128 {
+            let ip = IpAddr::from(std::net::Ipv6Addr::from((0x2001_0db8u128 << 96) | i));
+            per[run(&program(Family::V6, 3), &header(ip)) as usize] += 1;
+        }
+        assert!(per.iter().all(|&n| n > 400), "{per:?}");
     }
 }

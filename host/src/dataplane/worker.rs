@@ -19,6 +19,7 @@ use super::control::{Control, Handoff, ListenerSocket, Parts, Peer};
 use super::tcp::Tcp;
 use super::token::{self, Ready};
 use super::udp::Udp;
+use super::wake::Wake;
 use crate::model::Protocol;
 use crate::plugin::WorkerInstances;
 use crate::policy::PolicyState;
@@ -34,6 +35,8 @@ pub struct Worker {
     udp: Udp,
     control: Receiver<Control>,
     inbox: Receiver<Handoff>,
+    /// This worker's own waker (its entry in the peers).
+    wake: Arc<Wake>,
     shutdown: Option<Instant>,
     next_sweep: Instant,
 }
@@ -56,7 +59,9 @@ impl Worker {
         let plugins = Box::new(plugins);
         let policy = PolicyState::new(index, plugins, now);
         let registry = parts.poll.registry().try_clone()?;
+        let wake = peers[index].waker.clone();
         Ok(Self {
+            wake,
             tcp: Tcp::new(&cfg),
             udp: Udp::new(&cfg),
             ctx: Ctx::new(index, cfg, registry, policy, peers, now),
@@ -73,10 +78,10 @@ impl Worker {
         let mut events = Events::with_capacity(1024);
         loop {
             let mut timeout = self.poll_timeout();
-            // Senders write the eventfd only to a worker about to sleep (see `wake`).
-            let (control, inbox) = (&self.control, &self.inbox);
-            let wake = &self.ctx.peers[self.ctx.index].waker;
-            if !wake.may_sleep(|| !control.is_empty() || !inbox.is_empty()) {
+            // Senders write the eventfd only to a worker about to sleep (see `wake`); a
+            // poll that will not block need not tell them.
+            let queued = || !self.control.is_empty() || !self.inbox.is_empty();
+            if !timeout.is_zero() && !self.wake.may_sleep(queued) {
                 timeout = Duration::ZERO;
             }
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
@@ -85,7 +90,7 @@ impl Worker {
                     return;
                 }
             }
-            self.ctx.peers[self.ctx.index].waker.woke();
+            self.wake.woke();
             self.ctx.set_now(Instant::now());
             let ctx = &mut self.ctx;
             for ev in events.iter() {

@@ -77,8 +77,8 @@ pub fn build(cfg: &RuntimeConfig) -> anyhow::Result<(Engine, MemoryLayout)> {
             Err(e) => tracing::warn!(
                 error = %format!("{e:#}"),
                 reserve_gib = layout.reserved_bytes() >> 30,
-                "cannot reserve address space for plugin memories with guard pages; \
-                 using explicit bounds checks (slower plugin calls)"
+                "cannot build the plugin engine with guard pages (reserving address space \
+                 for plugin memories); using explicit bounds checks (slower plugin calls)"
             ),
         }
     }

@@ -205,8 +205,7 @@ impl Tcp {
             flow_token(id, generation, true),
             Interest::READABLE | Interest::WRITABLE,
         );
-        t.upstream = stream; // the failed socket closes here
-        t.phase = Phase::Connecting { tried };
+        t.reconnect(stream, tried);
         if ok.is_err() {
             self.abort(ctx, id, Ending::Reset);
             return;

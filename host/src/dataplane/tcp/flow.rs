@@ -97,6 +97,15 @@ impl TcpFlow {
         self.down.conduit = Some(Conduit::copy());
     }
 
+    /// A connect to another endpoint replaces the failed socket (closed here). What the
+    /// failed socket's readiness said about its end must not carry over: a stale FIN would
+    /// end the new endpoint's stream at its first short read.
+    pub(super) fn reconnect(&mut self, stream: mio::net::TcpStream, tried: Vec<SocketAddr>) {
+        self.upstream = stream;
+        self.down = Half::new();
+        self.phase = Phase::Connecting { tried };
+    }
+
     /// Resets both sides (the flow is aborted).
     pub(super) fn reset_both(&self) {
         reset(&self.client);
