@@ -93,6 +93,9 @@ fn socket(addr: &SocketAddr, ty: Type, proto: SockProto) -> io::Result<Socket> {
         // (they inherit the flag, same user), yet a bound-but-not-listening holder keeps
         // ordinary SO_REUSEADDR servers off the nodePort, which SO_REUSEADDR would not.
         s.set_reuse_port(true)?;
+        // Accepted connections inherit TCP_NODELAY from their listener: no setsockopt per
+        // connection for a relay that must not hold small writes back.
+        s.set_tcp_nodelay(true)?;
     }
     Ok(s)
 }
@@ -241,6 +244,19 @@ pub fn tcp_connect(
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn accepted_connections_inherit_nodelay_from_the_listener() {
+        let held = tcp_hold(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        let l = tcp_listen(held).unwrap();
+        let _client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        l.set_nonblocking(false).unwrap();
+        let (accepted, _) = l.accept().unwrap();
+        assert!(
+            accepted.nodelay().unwrap(),
+            "Nagle would hold small writes back"
+        );
+    }
 
     #[test]
     fn a_spread_group_steers_each_client_address_to_its_member() {

@@ -63,7 +63,6 @@ impl Tcp {
                 return;
             }
         };
-        let _ = h.stream.set_nodelay(true);
         let tuple = Tuple {
             protocol: Protocol::Tcp,
             client: flow.client,
