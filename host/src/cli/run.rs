@@ -149,17 +149,22 @@ fn admin_addresses(args: &RunArgs) -> server::Addresses {
     }
 }
 
-/// The source the command line names: the manifests directory, or the Kubernetes API
-/// (whose Events are read from `notices`).
+/// The source the command line names: a manifests directory, or the Kubernetes API with the
+/// receiver of what should become Events on Services.
+enum Wanted {
+    Manifests(std::path::PathBuf),
+    Api(UnboundedReceiver<Notice>),
+}
+
+/// Starts connecting to the source `wanted` names.
 async fn source(
     args: &RunArgs,
     metrics: Arc<Metrics>,
-    notices: Option<UnboundedReceiver<Notice>>,
+    wanted: Wanted,
 ) -> anyhow::Result<Box<dyn Source>> {
-    match (&args.manifests, notices) {
-        (Some(dir), _) => Ok(Box::new(ManifestDir::new(dir.clone()))),
-        (None, rx) => {
-            let rx = rx.unwrap_or_else(|| Notices::channel().1);
+    match wanted {
+        Wanted::Manifests(dir) => Ok(Box::new(ManifestDir::new(dir))),
+        Wanted::Api(rx) => {
             let s = KubeSource::connect(kube_settings(args), metrics, rx).await?;
             Ok(Box::new(s))
         }
@@ -172,12 +177,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(dir) = args.manifests.as_ref().filter(|d| !d.is_dir()) {
         anyhow::bail!("--manifests {}: not a directory", dir.display());
     }
-    // With the API source, what should become Events on Services is sent here.
-    let (notices, notices_rx) = match &args.manifests {
-        Some(_) => (Notices::default(), None),
+    // With the API source, what should become Events on Services is sent there.
+    let (notices, wanted) = match &args.manifests {
+        Some(dir) => (Notices::default(), Wanted::Manifests(dir.clone())),
         None => {
             let (n, rx) = Notices::channel();
-            (n, Some(rx))
+            (n, Wanted::Api(rx))
         }
     };
     let bind =
@@ -228,7 +233,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let sync_thread = std::thread::Builder::new()
         .name("nodeportd-sync".into())
         .spawn(move || sync.run(rx))?;
-    runtime.block_on(serve(args, admin, metrics, notices_rx, tx, sync_thread))
+    runtime.block_on(serve(args, admin, metrics, wanted, tx, sync_thread))
 }
 
 /// The main thread's part: the admin servers, the source, and signals; on SIGTERM the sync
@@ -237,7 +242,7 @@ async fn serve(
     args: RunArgs,
     admin: AdminState,
     metrics: Arc<Metrics>,
-    notices: Option<UnboundedReceiver<Notice>>,
+    wanted: Wanted,
     tx: crossbeam_channel::Sender<Event>,
     sync_thread: std::thread::JoinHandle<()>,
 ) -> anyhow::Result<()> {
@@ -252,7 +257,7 @@ async fn serve(
         return admin_task.await?;
     }
     // The source sends straight into the sync loop's channel.
-    let started = source(&args, metrics, notices)
+    let started = source(&args, metrics, wanted)
         .await
         .and_then(|s| s.start(Sink::new(tx.clone())));
     if let Err(e) = started {
