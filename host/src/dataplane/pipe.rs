@@ -32,8 +32,8 @@ impl Pipe {
     /// 256 KiB, counted for every process of the user, idle pooled pipes included), where a
     /// new pipe gets only two pages.
     pub fn new(bytes: usize) -> io::Result<Self> {
-        let mut pipe = Self::open(bytes)?;
-        let fd = pipe.write.as_raw_fd();
+        let (read, write) = open()?;
+        let fd = write.as_raw_fd();
         let want = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
         // SAFETY: fcntl on a pipe descriptor we own; F_SETPIPE_SZ takes an int size and
         // returns the size granted.
@@ -44,10 +44,15 @@ impl Pipe {
             // SAFETY: as above; F_GETPIPE_SZ takes no argument.
             got = unsafe { libc::fcntl(fd, libc::F_GETPIPE_SZ) };
         }
-        if got > 0 {
-            pipe.cap = got as usize;
-        }
-        Ok(pipe)
+        Ok(Self {
+            read,
+            write,
+            cap: usize::try_from(got)
+                .ok()
+                .filter(|&n| n > 0)
+                .unwrap_or(DEFAULT_BYTES),
+            asked: bytes,
+        })
     }
 
     /// Bytes the pipe holds.
@@ -71,36 +76,33 @@ impl Pipe {
     pub fn read_fd(&self) -> RawFd {
         self.read.as_raw_fd()
     }
+}
 
-    /// A non-blocking pipe of the kernel's default size, to be sized to `asked`.
-    fn open(asked: usize) -> io::Result<Self> {
-        let mut fds = [0 as libc::c_int; 2];
-        // SAFETY: fds is a valid two-int array for pipe2 to fill.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: pipe2 succeeded, so both descriptors are open and owned by us alone.
-        Ok(unsafe {
-            Self {
-                read: OwnedFd::from_raw_fd(fds[0]),
-                write: OwnedFd::from_raw_fd(fds[1]),
-                cap: DEFAULT_BYTES,
-                asked,
-            }
-        })
+/// A non-blocking pipe of the kernel's default size: its read and write ends.
+fn open() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: fds is a valid two-int array for pipe2 to fill.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
     }
+    // SAFETY: pipe2 succeeded, so both descriptors are open and owned by us alone.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The size the kernel reports for `pipe`.
+    fn kernel_size(pipe: &Pipe) -> usize {
+        // SAFETY: fcntl on the test's own pipe.
+        unsafe { libc::fcntl(pipe.write_fd(), libc::F_GETPIPE_SZ) as usize }
+    }
+
     #[test]
     fn the_size_granted_is_the_size_the_kernel_reports() {
         let pipe = Pipe::new(PIPE_BYTES).unwrap();
-        // SAFETY: fcntl on the test's own pipe.
-        let real = unsafe { libc::fcntl(pipe.write_fd(), libc::F_GETPIPE_SZ) };
-        assert_eq!(pipe.capacity(), real as usize);
+        assert_eq!(pipe.capacity(), kernel_size(&pipe));
     }
 
     #[test]
@@ -121,9 +123,7 @@ mod tests {
     fn a_refused_size_keeps_the_pipe_and_marks_it_short() {
         // 2 GiB is refused to every user, root included.
         let pipe = Pipe::new(usize::MAX).unwrap();
-        // SAFETY: fcntl on the test's own pipe.
-        let real = unsafe { libc::fcntl(pipe.write_fd(), libc::F_GETPIPE_SZ) };
-        assert_eq!(pipe.capacity(), real as usize);
+        assert_eq!(pipe.capacity(), kernel_size(&pipe));
         assert!(
             pipe.is_short(),
             "granted {} of {}",
