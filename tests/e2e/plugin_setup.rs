@@ -103,3 +103,73 @@ fn a_datagram_waiting_for_its_plugin_setup_is_delivered() {
         0.0
     );
 }
+
+/// A flow waits for every setup its chain needs before any link decides on it, so no link
+/// decides it twice. Here the rate limiter (two flows per client) comes first and the
+/// selection plugin's setup spins until its deadline: datagrams that arrive meanwhile used to
+/// run the rate limiter each (the third was denied, and the tuple with it); now the limiter
+/// decides the flow once, after the setup failed, and every datagram is delivered (failure
+/// policy open: the native default picks).
+#[test]
+fn a_waiting_flow_is_admitted_once_however_many_datagrams_wait() {
+    let u1 = UdpBackend::local("u1");
+    let np = node_port();
+    let m = Manifests::new();
+    m.write(
+        "svc.yaml",
+        &docs(&[
+            Service::new("dns")
+                .udp("dns", np)
+                .plugins("rate-limit, spin-set-backends")
+                .plugin_config("rate-limit", "rate=1/h,burst=2,per=client")
+                .yaml(),
+            slices("dns", "dns", "UDP", &[u1.addr()]),
+        ]),
+    );
+    let pd = PluginDir::with(&["rate-limit", "hostile/spin-set-backends"]);
+    let d = pd.start(&m, &["--workers", "1", "--plugin-setup-deadline", "1s"]);
+    let c = udp_client(lo(np), IO_TIMEOUT);
+    const SENT: usize = 6;
+    for i in 0..SENT {
+        c.send(format!("q{i}").as_bytes()).unwrap();
+    }
+    let mut got: Vec<String> = (0..SENT)
+        .map(|i| {
+            let mut buf = [0u8; 64];
+            let n =
+                (c.recv(&mut buf)).unwrap_or_else(|e| panic!("reply {i} lost: {e}\n{}", d.log()));
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        })
+        .collect();
+    got.sort();
+    let want: Vec<String> = (0..SENT).map(|i| format!("u1:q{i}")).collect();
+    assert_eq!(got, want);
+    assert!(
+        d.log().contains("spinning in set-backends"),
+        "the selection plugin's setup was not the one waited for:\n{}",
+        d.log()
+    );
+    assert_eq!(
+        d.metric_with("nodeportd_flows_refused_total", &["service=\"e2e/dns\""]),
+        0.0,
+        "the rate limiter decided the flow more than once"
+    );
+    // The limiter counted exactly one flow: the client's second flow takes its second
+    // token, the third finds the bucket empty and is refused (denied by the plugin).
+    let second = udp_client(lo(np), IO_TIMEOUT);
+    second.send(b"again").unwrap();
+    let mut buf = [0u8; 64];
+    let n = (second.recv(&mut buf)).unwrap_or_else(|e| {
+        panic!(
+            "the client's second flow was not admitted: {e}\n{}",
+            d.log()
+        )
+    });
+    assert_eq!(&buf[..n], b"u1:again");
+    let third = udp_client(lo(np), IO_TIMEOUT);
+    third.send(b"once more").unwrap();
+    let denied = ["service=\"e2e/dns\"", "reason=\"denied\""];
+    wait_for(SETTLE, "the client's third flow to be denied", || {
+        d.metric_with("nodeportd_flows_refused_total", &denied) == 1.0
+    });
+}

@@ -312,7 +312,7 @@ impl Udp {
         let flow = ctx.new_flow(key, tuple.client, tuple.node);
         let backends = route.backends(flow.family);
         let picked = (ctx.policy)
-            .admit_datagram(&*route.policy, flow)
+            .admit_datagram(&*route.policy, flow, backends)
             .and_then(|flow| {
                 let endpoint = route.policy.pick(&mut ctx.policy, &flow, backends, &[])?;
                 Ok((flow, endpoint))

@@ -1,17 +1,21 @@
 //! Checking a component against the contract (`wit/plugin.wit`): it may import only
 //! `host`, must export `lifecycle`, and exports the roles it implements, each with exactly the
 //! contract's signatures. What passes becomes a [`Plugin`]: a pre-instantiated template that
-//! workers instantiate cheaply, proven by one trial instantiation at load.
+//! workers instantiate cheaply, proven by one trial instantiation at load. A `select` answer
+//! is checked against the contract here too ([`checked_index`]).
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use wasmtime::component::{Component, InstancePre};
 
 use super::bindings::{admission, affinity, lifecycle, names, selection};
+use super::failure::{Failure, FailureKind};
 use super::host_state::HostState;
 use super::runtime::Runtime;
 use crate::metrics::Role;
+use crate::model::Backend;
 
 /// Which roles a plugin implements.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
@@ -169,4 +173,49 @@ fn list(items: &[&String]) -> String {
         .map(|s| s.as_str())
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// `answer` of `select` over `backends` if it keeps the contract: in range and not `tried`.
+pub(super) fn checked_index(
+    answer: Option<u32>,
+    backends: &[Backend],
+    tried: &[SocketAddr],
+) -> Result<Option<usize>, Failure> {
+    let n = backends.len();
+    match answer.map(|i| (i, i as usize)) {
+        None => Ok(None),
+        Some((_, i)) if i < n && !tried.contains(&backends[i].addr) => Ok(Some(i)),
+        Some((idx, i)) => Err(Failure::new(
+            FailureKind::BadAnswer,
+            if i < n {
+                format!("select returned {idx}, an endpoint that already failed for this flow")
+            } else {
+                format!("select returned {idx} but there are {n} endpoints")
+            },
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn select_answers_are_checked_against_the_contract() {
+        let b: Vec<Backend> = (1..=3)
+            .map(|i| Backend::ready(SocketAddr::from(([198, 19, 0, i], 8080))))
+            .collect();
+        assert!(matches!(checked_index(None, &b, &[]), Ok(None)));
+        assert!(matches!(checked_index(Some(2), &b, &[]), Ok(Some(2))));
+        let out = checked_index(Some(3), &b, &[]).unwrap_err();
+        assert_eq!(out.kind, FailureKind::BadAnswer);
+        assert!(
+            out.detail.contains("there are 3 endpoints"),
+            "{}",
+            out.detail
+        );
+        let again = checked_index(Some(1), &b, &[b[1].addr]).unwrap_err();
+        assert_eq!(again.kind, FailureKind::BadAnswer);
+        assert!(again.detail.contains("already failed"), "{}", again.detail);
+    }
 }

@@ -1,6 +1,7 @@
 //! One plugin version on one worker: its instance (here, or lent to a setup thread), its
 //! backoff, and how a failed call or setup is booked (counted, logged at most once a second,
-//! fed to the backoff, a disable announced as a notice for an Event on the Service).
+//! fed to the backoff, a disable announced as a notice for an Event on the Service), and what
+//! the instance lacks for a call.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,7 +11,9 @@ use super::chain::Chain;
 use super::contract::Plugin;
 use super::failure::{Failure, FailureKind};
 use super::runtime::Runtime;
-use super::setup::{Done, Live};
+use super::setup::{Done, Live, Step};
+use super::wire;
+use crate::model::{Backend, Family};
 use crate::notice::{Notice, Reason};
 
 /// Failure log lines per plugin and worker: at most one per this period.
@@ -128,4 +131,44 @@ pub(super) fn failed(
         Outcome::Counted => slot.suppressed += 1,
     }
     None
+}
+
+/// What `slot`'s instance lacks for a call of `chain`'s `family` handle: None when it is
+/// ready (the common case: one map lookup), else the steps (an empty list when only the
+/// instance itself is missing).
+pub(super) fn needs(
+    slot: &Slot,
+    chain: &Chain,
+    family: Family,
+    backends: Option<&Arc<[Backend]>>,
+) -> Option<Vec<Step>> {
+    let handle = chain.handle(family);
+    // None = handle never configured; Some(list) = the list last sent (the map holds that
+    // Arc, so its address cannot be reused by another list).
+    let sent = (slot.live.as_ref()).and_then(|l| l.handles.get(&handle));
+    let list = backends.filter(|_| slot.plugin.roles.selection);
+    let stale = list.filter(|b| {
+        !sent
+            .and_then(Option::as_ref)
+            .is_some_and(|s| Arc::ptr_eq(s, b))
+    });
+    if slot.live.is_some() && sent.is_some() && stale.is_none() {
+        return None;
+    }
+    let mut steps = Vec::with_capacity(2);
+    if sent.is_none() {
+        let link = (chain.links.iter()).find(|l| Arc::ptr_eq(&l.plugin, &slot.plugin));
+        steps.push(Step::Configure {
+            handle,
+            service: wire::service(chain, family),
+            config: link.map(|l| l.config.clone()).unwrap_or_default(),
+        });
+    }
+    if let Some(b) = stale {
+        steps.push(Step::Backends {
+            handle,
+            list: b.clone(),
+        });
+    }
+    Some(steps)
 }

@@ -27,13 +27,12 @@ use rustc_hash::FxHashMap;
 use super::backoff::Permit;
 use super::bindings::types;
 use super::chain::Chain;
-use super::contract::Plugin;
+use super::contract::{checked_index, Plugin};
 use super::failure::{Failure, FailureKind};
 use super::instance::Instance;
 use super::runtime::Runtime;
 use super::setup::{self, Blame, Done, Job, Reply, Step};
-use super::slot::{book, failed, Slot};
-use super::wire;
+use super::slot::{book, failed, needs, Slot};
 use crate::metrics::Role;
 use crate::model::{Backend, Family};
 
@@ -212,6 +211,59 @@ impl WorkerInstances {
             .count()
     }
 
+    /// Readies every link of `chain` that a new flow of `family` calls on this worker: the
+    /// admission links and the affinity link, and the selection link too when `picks` is the
+    /// list the flow is picked from next, here. The setups they lack (instance, `configure`,
+    /// endpoints) all start now, side by side, and the answer is Pending while any of them is
+    /// away. Asked before the first call, so a flow that must wait does so before any link
+    /// has decided on it: once it is asked again, each link decides it once (a rate limiter
+    /// counts it once, however many datagrams arrived meanwhile). Inline, where nothing
+    /// waits, it does nothing; links whose setup failed or that are disabled are left to
+    /// their calls, which report that.
+    pub fn prepare(
+        &mut self,
+        chain: &Arc<Chain>,
+        family: Family,
+        picks: Option<&Arc<[Backend]>>,
+        now: Instant,
+    ) -> Result<(), FailureKind> {
+        if matches!(self.setups.mode, Mode::Inline) {
+            return Ok(());
+        }
+        let mut pending = false;
+        for (i, link) in chain.links.iter().enumerate() {
+            let selection = picks.filter(|_| chain.selection == Some(i));
+            if !(link.plugin.roles.admission || chain.affinity == Some(i) || selection.is_some()) {
+                continue;
+            }
+            let k = key(&link.plugin);
+            if !self.slots.contains_key(&k) {
+                self.attach(chain);
+            }
+            let Some(slot) = self.slots.get_mut(&k) else {
+                continue;
+            };
+            if slot.away {
+                pending = true;
+                continue;
+            }
+            if slot.setup_failed.is_some() || slot.backoff.is_disabled(now) {
+                continue;
+            }
+            if let Some(steps) = needs(slot, chain, family, selection) {
+                let blame = Some(Blame {
+                    chain: chain.clone(),
+                    link: i,
+                });
+                pending |= self.setups.start(slot, steps, blame, now).is_err();
+            }
+        }
+        if pending {
+            return Err(FailureKind::Pending);
+        }
+        Ok(())
+    }
+
     /// Link `link` (an index into `chain.links`, a link with the admission role) decides; a
     /// deny is counted in the link's metrics. A link without the admission role (or out of
     /// range) allows without a call. Err: the call failed (counted, logged) or is Pending;
@@ -362,71 +414,11 @@ impl WorkerInstances {
     }
 }
 
-/// What `slot`'s instance lacks for a call of `chain`'s `family` handle: None when it is
-/// ready (the common case: one map lookup), else the steps (an empty list when only the
-/// instance itself is missing).
-fn needs(
-    slot: &Slot,
-    chain: &Chain,
-    family: Family,
-    backends: Option<&Arc<[Backend]>>,
-) -> Option<Vec<Step>> {
-    let handle = chain.handle(family);
-    // None = handle never configured; Some(list) = the list last sent (the map holds that
-    // Arc, so its address cannot be reused by another list).
-    let sent = (slot.live.as_ref()).and_then(|l| l.handles.get(&handle));
-    let list = backends.filter(|_| slot.plugin.roles.selection);
-    let stale = list.filter(|b| {
-        !sent
-            .and_then(Option::as_ref)
-            .is_some_and(|s| Arc::ptr_eq(s, b))
-    });
-    if slot.live.is_some() && sent.is_some() && stale.is_none() {
-        return None;
-    }
-    let mut steps = Vec::with_capacity(2);
-    if sent.is_none() {
-        let link = (chain.links.iter()).find(|l| Arc::ptr_eq(&l.plugin, &slot.plugin));
-        steps.push(Step::Configure {
-            handle,
-            service: wire::service(chain, family),
-            config: link.map(|l| l.config.clone()).unwrap_or_default(),
-        });
-    }
-    if let Some(b) = stale {
-        steps.push(Step::Backends {
-            handle,
-            list: b.clone(),
-        });
-    }
-    Some(steps)
-}
-
-/// `answer` of `select` over `backends` if it keeps the contract: in range and not `tried`.
-fn checked_index(
-    answer: Option<u32>,
-    backends: &[Backend],
-    tried: &[SocketAddr],
-) -> Result<Option<usize>, Failure> {
-    let n = backends.len();
-    match answer.map(|i| (i, i as usize)) {
-        None => Ok(None),
-        Some((_, i)) if i < n && !tried.contains(&backends[i].addr) => Ok(Some(i)),
-        Some((idx, i)) => Err(Failure::new(
-            FailureKind::BadAnswer,
-            if i < n {
-                format!("select returned {idx}, an endpoint that already failed for this flow")
-            } else {
-                format!("select returned {idx} but there are {n} endpoints")
-            },
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::{FailurePolicy, Protocol};
+    use crate::plugin::wire;
 
     /// A chain with no links (its fields are public, so no Frontend is needed).
     fn empty_chain() -> Chain {
@@ -476,24 +468,5 @@ mod tests {
         w.detach(&ch);
         w.detach(&ch);
         assert_eq!(w.instances(), 0);
-    }
-
-    #[test]
-    fn select_answers_are_checked_against_the_contract() {
-        let b: Vec<Backend> = (1..=3)
-            .map(|i| Backend::ready(SocketAddr::from(([198, 19, 0, i], 8080))))
-            .collect();
-        assert!(matches!(checked_index(None, &b, &[]), Ok(None)));
-        assert!(matches!(checked_index(Some(2), &b, &[]), Ok(Some(2))));
-        let out = checked_index(Some(3), &b, &[]).unwrap_err();
-        assert_eq!(out.kind, FailureKind::BadAnswer);
-        assert!(
-            out.detail.contains("there are 3 endpoints"),
-            "{}",
-            out.detail
-        );
-        let again = checked_index(Some(1), &b, &[b[1].addr]).unwrap_err();
-        assert_eq!(again.kind, FailureKind::BadAnswer);
-        assert!(again.detail.contains("already failed"), "{}", again.detail);
     }
 }

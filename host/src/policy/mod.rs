@@ -79,8 +79,15 @@ pub struct FlowEnd {
 /// each call gets the calling worker's [`PolicyState`].
 pub trait FlowPolicy: Send + Sync + fmt::Debug {
     /// Whether the flow may start, on the worker that received it, before it is placed. May
-    /// give the flow an affinity key (it then hashes as its key does).
-    fn admit(&self, st: &mut PolicyState, flow: FlowInfo) -> Result<FlowInfo, Refused>;
+    /// give the flow an affinity key (it then hashes as its key does). `picks`: the endpoints
+    /// the flow is picked from next on this worker, when it is (UDP), so that whatever the
+    /// pick needs is readied with admission; None when it may be picked elsewhere (TCP).
+    fn admit(
+        &self,
+        st: &mut PolicyState,
+        flow: FlowInfo,
+        picks: Option<&Arc<[Backend]>>,
+    ) -> Result<FlowInfo, Refused>;
 
     /// A hash that must decide which worker carries the flow (so one worker's affinity table
     /// sees every flow of a key), or None to let the dataplane balance load.
@@ -159,12 +166,13 @@ impl PolicyState {
         &mut self,
         policy: &dyn FlowPolicy,
         flow: FlowInfo,
+        picks: &Arc<[Backend]>,
     ) -> Result<FlowInfo, Refused> {
         let key = (flow.client, flow.node);
         if policy.decides_admission() && self.denied.contains(&key, self.now) {
             return Err(Refused::Denied);
         }
-        let admitted = policy.admit(self, flow);
+        let admitted = policy.admit(self, flow, Some(picks));
         let refused = matches!(admitted, Err(why) if why != Refused::Pending);
         if refused && policy.decides_admission() {
             self.denied.insert(key, self.now);

@@ -45,7 +45,12 @@ impl Native {
 }
 
 impl FlowPolicy for Native {
-    fn admit(&self, _st: &mut PolicyState, flow: FlowInfo) -> Result<FlowInfo, Refused> {
+    fn admit(
+        &self,
+        _st: &mut PolicyState,
+        flow: FlowInfo,
+        _picks: Option<&Arc<[Backend]>>,
+    ) -> Result<FlowInfo, Refused> {
         Ok(flow)
     }
 
@@ -80,7 +85,7 @@ mod tests {
         let b = backends(3);
         let mut seen = std::collections::HashSet::new();
         for i in 0..200 {
-            let f = p.admit(&mut st, flow(i)).expect("admitted");
+            let f = p.admit(&mut st, flow(i), None).expect("admitted");
             seen.insert(p.pick(&mut st, &f, &b, &[]).expect("picked"));
         }
         assert_eq!(seen.len(), 3, "uniform choice reaches every endpoint");
@@ -100,7 +105,7 @@ mod tests {
         let picks = |mut st: PolicyState| -> Vec<SocketAddr> {
             (0..32)
                 .map(|i| {
-                    let f = p.admit(&mut st, flow(i)).expect("admitted");
+                    let f = p.admit(&mut st, flow(i), None).expect("admitted");
                     p.pick(&mut st, &f, &b, &[]).expect("picked")
                 })
                 .collect()

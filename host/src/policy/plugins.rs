@@ -18,6 +18,16 @@ use crate::plugin::{Chain, FailureKind, WorkerInstances};
 /// implements it ([`WorkerInstances`]); unit tests script it. Failures come back as the kind
 /// of failure, already counted and logged: what they mean for the flow is decided here.
 pub trait PluginCalls: Send {
+    /// Pending while an instance a new flow's calls need on this worker is being set up
+    /// (the setups it lacks start here), so the flow waits before any link decides on it;
+    /// `picks`: the list it is picked from next, here (see [`WorkerInstances::prepare`]).
+    fn prepare(
+        &mut self,
+        chain: &Arc<Chain>,
+        family: Family,
+        picks: Option<&Arc<[Backend]>>,
+        now: std::time::Instant,
+    ) -> Result<(), FailureKind>;
     /// Link `link` of `chain` admits or denies the flow.
     fn admit(
         &mut self,
@@ -58,6 +68,15 @@ pub trait PluginCalls: Send {
 }
 
 impl PluginCalls for WorkerInstances {
+    fn prepare(
+        &mut self,
+        chain: &Arc<Chain>,
+        family: Family,
+        picks: Option<&Arc<[Backend]>>,
+        now: std::time::Instant,
+    ) -> Result<(), FailureKind> {
+        WorkerInstances::prepare(self, chain, family, picks, now)
+    }
     fn admit(
         &mut self,
         chain: &Arc<Chain>,
@@ -173,7 +192,22 @@ impl PluginPolicy {
 }
 
 impl FlowPolicy for PluginPolicy {
-    fn admit(&self, st: &mut PolicyState, flow: FlowInfo) -> Result<FlowInfo, Refused> {
+    fn admit(
+        &self,
+        st: &mut PolicyState,
+        flow: FlowInfo,
+        picks: Option<&Arc<[Backend]>>,
+    ) -> Result<FlowInfo, Refused> {
+        // Wait, if it must, before the first link decides: asked again, no link decides
+        // twice. A flow that can no longer wait goes on, and each call still pending is a
+        // failure of its link.
+        if st.may_wait {
+            let now = st.now;
+            let ready = st.plugins.prepare(&self.chain, flow.family, picks, now);
+            if ready.is_err() {
+                return Err(Refused::Pending);
+            }
+        }
         let record = record(&self.chain, &flow);
         for &i in &self.admission {
             match st
@@ -274,15 +308,48 @@ mod tests {
         };
         let (mut st, s) = scripted(script);
         let p = policy(FailurePolicy::Open, vec![0, 1, 4], false);
-        assert_eq!(p.admit(&mut st, flow(1)).err(), Some(Refused::Denied));
+        assert_eq!(p.admit(&mut st, flow(1), None).err(), Some(Refused::Denied));
         assert_eq!(
             read(&s).asked,
             vec![0, 1],
             "links after a deny are not asked"
         );
         let (mut st, s) = scripted(Script::default());
-        assert!(p.admit(&mut st, flow(1)).is_ok());
+        assert!(p.admit(&mut st, flow(1), None).is_ok());
         assert_eq!(read(&s).asked, vec![0, 1, 4]);
+    }
+
+    #[test]
+    fn a_flow_waits_for_its_setups_before_any_link_decides() {
+        let (mut st, s) = scripted(Script {
+            pending: 2,
+            ..Default::default()
+        });
+        let p = policy(FailurePolicy::Closed, vec![0, 1], false);
+        for _ in 0..2 {
+            assert_eq!(
+                p.admit(&mut st, flow(1), None).err(),
+                Some(Refused::Pending)
+            );
+        }
+        assert!(read(&s).asked.is_empty(), "no link decided a waiting flow");
+        assert!(p.admit(&mut st, flow(1), None).is_ok());
+        assert_eq!(read(&s).asked, vec![0, 1], "each link decides it once");
+        // A flow that can wait no longer is not held: its links are called (a call still
+        // pending is then a failure of its link, under the failure policy).
+        let (mut st, s) = scripted(Script {
+            pending: 1,
+            ..Default::default()
+        });
+        st.may_wait = false;
+        assert!(p.admit(&mut st, flow(1), None).is_ok());
+        assert!(read(&s).prepared.is_empty());
+        assert_eq!(read(&s).asked, vec![0, 1]);
+        // UDP readies the pick with admission; TCP may be picked on another worker.
+        let (mut st, s) = scripted(Script::default());
+        assert!(st.admit_datagram(&p, flow(1), &backends(2)).is_ok());
+        assert!(p.admit(&mut st, flow(2), None).is_ok());
+        assert_eq!(read(&s).prepared, vec![true, false]);
     }
 
     #[test]
@@ -294,13 +361,13 @@ mod tests {
         };
         let (mut st, s) = scripted(script());
         let open = policy(FailurePolicy::Open, vec![0, 1], false);
-        let f = open.admit(&mut st, flow(1)).expect("open admits");
+        let f = open.admit(&mut st, flow(1), None).expect("open admits");
         assert_eq!(f.affinity, None, "a failed affinity call gives no key");
         assert_eq!(read(&s).asked, vec![0, 1], "open asks the next link");
         let (mut st, s) = scripted(script());
         let closed = policy(FailurePolicy::Closed, vec![0, 1], false);
         assert_eq!(
-            closed.admit(&mut st, flow(1)).err(),
+            closed.admit(&mut st, flow(1), None).err(),
             Some(Refused::PluginFailed)
         );
         assert_eq!(read(&s).asked, vec![0]);
@@ -310,7 +377,7 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(
-            closed.admit(&mut st, flow(1)).err(),
+            closed.admit(&mut st, flow(1), None).err(),
             Some(Refused::PluginFailed)
         );
     }
@@ -375,8 +442,8 @@ mod tests {
             ..Default::default()
         });
         let p = policy(FailurePolicy::Open, vec![], true);
-        let a = p.admit(&mut st, flow(1)).expect("admitted");
-        let b2 = p.admit(&mut st, flow(2)).expect("admitted");
+        let a = p.admit(&mut st, flow(1), None).expect("admitted");
+        let b2 = p.admit(&mut st, flow(2), None).expect("admitted");
         assert_eq!(a.affinity, Some((42, Duration::from_secs(5))));
         assert_eq!(a.hash, b2.hash, "flows of one key hash alike");
         assert_eq!(p.placement(&a), Some(a.hash));
@@ -403,7 +470,10 @@ mod tests {
         });
         let p = policy(FailurePolicy::Open, vec![0], false);
         for _ in 0..5 {
-            assert_eq!(st.admit_datagram(&p, flow(1)).err(), Some(Refused::Denied));
+            assert_eq!(
+                st.admit_datagram(&p, flow(1), &backends(2)).err(),
+                Some(Refused::Denied)
+            );
         }
         assert_eq!(
             read(&s).asked.len(),
@@ -411,7 +481,7 @@ mod tests {
             "asked once per flow, not per datagram"
         );
         st.now += Duration::from_secs(2);
-        assert!(st.admit_datagram(&p, flow(1)).is_err());
+        assert!(st.admit_datagram(&p, flow(1), &backends(2)).is_err());
         assert_eq!(
             read(&s).asked.len(),
             2,

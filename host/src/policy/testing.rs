@@ -60,6 +60,10 @@ pub struct Script {
     pub select_tried: Vec<Vec<SocketAddr>>,
     /// attach minus detach calls.
     pub attached: i32,
+    /// How many of the first `prepare` calls answer Pending (then Ok).
+    pub pending: usize,
+    /// `prepare` calls, each with whether the list of the next pick came along.
+    pub prepared: Vec<bool>,
 }
 
 struct Scripted(Arc<Mutex<Script>>);
@@ -69,6 +73,21 @@ fn lock(s: &Mutex<Script>) -> std::sync::MutexGuard<'_, Script> {
 }
 
 impl PluginCalls for Scripted {
+    fn prepare(
+        &mut self,
+        _: &Arc<Chain>,
+        _: Family,
+        picks: Option<&Arc<[Backend]>>,
+        _: Instant,
+    ) -> Result<(), FailureKind> {
+        let mut s = lock(&self.0);
+        s.prepared.push(picks.is_some());
+        if s.pending == 0 {
+            return Ok(());
+        }
+        s.pending -= 1;
+        Err(FailureKind::Pending)
+    }
     fn admit(
         &mut self,
         _: &Arc<Chain>,

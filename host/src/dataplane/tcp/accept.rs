@@ -74,7 +74,7 @@ impl Tcp {
     /// hands it to its carrier; parked while its plugin is being set up.
     pub(super) fn admit(&mut self, ctx: &mut Ctx, route: Arc<Route>, h: Handoff, since: Instant) {
         self.may_wait(ctx, since);
-        let flow = match route.policy.admit(&mut ctx.policy, h.flow) {
+        let flow = match route.policy.admit(&mut ctx.policy, h.flow, None) {
             Ok(flow) => flow,
             Err(Refused::Pending) => {
                 self.parked.push(since, Waiting::Admit(h));
