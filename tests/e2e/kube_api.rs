@@ -293,6 +293,38 @@ fn a_plugin_delivered_by_configmap_is_used_and_swapped() {
         },
     );
     assert!(dir.path().join("policy.wasm").is_file());
+
+    // A second ConfigMap's plugin, then the daemon dies and that ConfigMap is deleted while
+    // it is down (the directory, an emptyDir, outlives the container): the restarted daemon
+    // removes its file, and keeps the live one's and a file placed by hand.
+    api.apply_in(
+        "kube-system",
+        Kind::ConfigMap,
+        "extra",
+        &plugin_configmap("extra", &[("extra", &pin)]),
+    );
+    let extra = dir.path().join("extra.wasm");
+    wait_for(SETTLE, "the second ConfigMap's plugin file", || {
+        extra.is_file()
+    });
+    let hand = dir.path().join("hand.wasm");
+    std::fs::write(&hand, &pin).expect("write a plugin by hand");
+    drop(d);
+    api.delete_in("kube-system", Kind::ConfigMap, "extra");
+    let d = start_daemon(
+        &api,
+        ADMIN_TOKEN,
+        &["--plugin-dir", dir.path().to_str().expect("utf-8")],
+    );
+    wait_for(
+        SETTLE,
+        "the file of the ConfigMap deleted while the daemon was down to go",
+        || !extra.exists(),
+    );
+    assert!(hand.is_file(), "a file placed by hand is never touched");
+    assert!(dir.path().join("policy.wasm").is_file(), "{}", d.log());
+    assert!(answers(np, 30).iter().any(|i| i == "b"), "{}", d.log());
+
     // The ConfigMap deleted: its file goes (the Service keeps the loaded version).
     api.delete_in("kube-system", Kind::ConfigMap, "plugins");
     wait_for(

@@ -4,6 +4,11 @@
 //! a component). A key removed from its ConfigMap, or a ConfigMap deleted, removes the file.
 //! Files placed in the directory by other means are never touched; a name claimed by two
 //! ConfigMaps keeps the first one's and the other is named in the log.
+//!
+//! Which files are the daemon's own is kept in a ledger in the directory itself
+//! ([`LEDGER`]): the directory (an emptyDir) outlives a restart of the container, so a file
+//! whose ConfigMap was deleted while the daemon was down is still known as a ConfigMap's, and
+//! the first listing removes it. Without the ledger it stayed until the pod was replaced.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -12,6 +17,10 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::ConfigMap;
 
 use super::watch::{name_of, Handler};
+
+/// The ledger's file name: one line per file written from a ConfigMap, `<file> <configmap>`.
+/// Hidden, and not `<name>.wasm`, so no Service can name it as a plugin.
+pub const LEDGER: &str = ".configmap-plugins";
 
 /// Writes the plugins of the selected ConfigMaps into a directory.
 pub struct PluginFiles {
@@ -40,18 +49,47 @@ fn digest(bytes: &[u8]) -> u64 {
 }
 
 impl PluginFiles {
-    /// Writes into `dir`.
+    /// Writes into `dir`, taking over the files an earlier run wrote there (its ledger):
+    /// those whose ConfigMap or key is gone go once the first listing is complete.
     pub fn new(dir: PathBuf) -> Self {
-        Self {
-            dir,
-            files: HashMap::new(),
+        let mut files = HashMap::new();
+        let ledger = std::fs::read_to_string(dir.join(LEDGER));
+        for line in ledger.as_deref().unwrap_or_default().lines() {
+            let Some((file, owner)) = line.split_once(' ') else {
+                continue;
+            };
+            if !plugin_file(file) {
+                continue; // not a name this daemon writes: never touched
+            }
+            // The digest of what is there now, so an unchanged key is not written again.
+            if let Ok(bytes) = std::fs::read(dir.join(file)) {
+                files.insert(file.to_string(), (owner.to_string(), digest(&bytes)));
+            }
         }
+        if !files.is_empty() {
+            tracing::info!(dir = %dir.display(), files = files.len(), "plugin files from ConfigMaps of an earlier run taken over");
+        }
+        Self { dir, files }
     }
 
     fn write(&self, file: &str, bytes: &[u8]) -> std::io::Result<()> {
         let tmp = self.dir.join(format!(".{file}.tmp"));
         std::fs::write(&tmp, bytes)?;
         std::fs::rename(&tmp, self.dir.join(file))
+    }
+
+    /// Records which files are the ConfigMaps' (written beside, then renamed into place).
+    fn save(&self) {
+        let mut lines: Vec<String> = (self.files.iter())
+            .map(|(f, (o, _))| format!("{f} {o}\n"))
+            .collect();
+        lines.sort();
+        let tmp = self.dir.join(format!("{LEDGER}.tmp"));
+        let saved = std::fs::write(&tmp, lines.concat())
+            .and_then(|()| std::fs::rename(&tmp, self.dir.join(LEDGER)));
+        if let Err(e) = saved {
+            tracing::error!(dir = %self.dir.display(), error = %e, "cannot record the plugin files written from ConfigMaps; after a restart, a file whose ConfigMap went meanwhile stays");
+        }
     }
 
     fn remove(&mut self, file: &str) {
@@ -74,6 +112,8 @@ impl PluginFiles {
 
 impl Handler<ConfigMap> for PluginFiles {
     fn apply(&mut self, cm: &ConfigMap) -> bool {
+        let before = self.files.len();
+        let mut added = false;
         let owner = name_of(cm);
         let mut keep = Vec::new();
         for (key, bytes) in cm.binary_data.iter().flatten() {
@@ -91,7 +131,7 @@ impl Handler<ConfigMap> for PluginFiles {
                 _ => match self.write(key, &bytes.0) {
                     Ok(()) => {
                         tracing::info!(configmap = %owner, file = key, bytes = bytes.0.len(), "plugin written from ConfigMap");
-                        self.files.insert(key.clone(), (owner.clone(), d));
+                        added |= self.files.insert(key.clone(), (owner.clone(), d)).is_none();
                     }
                     Err(e) => {
                         tracing::error!(configmap = %owner, key, dir = %self.dir.display(), error = %e, "cannot write plugin into --plugin-dir");
@@ -106,12 +146,19 @@ impl Handler<ConfigMap> for PluginFiles {
                 self.remove(&file);
             }
         }
+        if added || self.files.len() != before {
+            self.save();
+        }
         true
     }
 
     fn delete(&mut self, cm: &ConfigMap) -> bool {
-        for file in self.owned_by(&name_of(cm)) {
-            self.remove(&file);
+        let gone = self.owned_by(&name_of(cm));
+        for file in &gone {
+            self.remove(file);
+        }
+        if !gone.is_empty() {
+            self.save();
         }
         true
     }
@@ -124,8 +171,11 @@ impl Handler<ConfigMap> for PluginFiles {
             .filter(|(_, (o, _))| !live.contains(o))
             .map(|(f, _)| f.clone())
             .collect();
-        for file in gone {
-            self.remove(&file);
+        for file in &gone {
+            self.remove(file);
+        }
+        if !gone.is_empty() {
+            self.save();
         }
         true
     }
@@ -159,7 +209,15 @@ mod tests {
             &[("one.wasm", b"1"), ("../x.wasm", b"x"), ("n.txt", b"")],
         ));
         assert_eq!(read("one.wasm").as_deref(), Some(&b"1"[..]));
-        assert_eq!(std::fs::read_dir(dir.path()).expect("ls").count(), 1);
+        let mut names: Vec<String> = (std::fs::read_dir(dir.path()).expect("ls"))
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [LEDGER, "one.wasm"],
+            "only the valid key, and the ledger"
+        );
         // Another ConfigMap cannot take the name.
         h.apply(&cm("b", &[("one.wasm", b"2")]));
         assert_eq!(read("one.wasm").as_deref(), Some(&b"1"[..]));
@@ -172,6 +230,43 @@ mod tests {
         std::fs::write(dir.path().join("hand.wasm"), b"h").expect("write");
         h.relisted(&[]);
         assert_eq!(read("two.wasm"), None);
+        assert!(read("hand.wasm").is_some());
+    }
+
+    #[test]
+    fn a_restarted_daemon_removes_files_whose_configmap_went_while_it_was_down() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let read = |f: &str| std::fs::read(dir.path().join(f)).ok();
+        let mut h = PluginFiles::new(dir.path().to_path_buf());
+        h.apply(&cm("a", &[("one.wasm", b"1")]));
+        h.apply(&cm("b", &[("two.wasm", b"2"), ("three.wasm", b"3")]));
+        std::fs::write(dir.path().join("hand.wasm"), b"h").expect("write");
+        drop(h); // the daemon stops; meanwhile b goes and a loses nothing
+        let mut h = PluginFiles::new(dir.path().to_path_buf());
+        let before = std::fs::metadata(dir.path().join("one.wasm")).expect("one");
+        h.apply(&cm("a", &[("one.wasm", b"1")]));
+        h.relisted(&[Arc::new(cm("a", &[("one.wasm", b"1")]))]);
+        assert_eq!(
+            read("two.wasm"),
+            None,
+            "b's files go after the first listing"
+        );
+        assert_eq!(read("three.wasm"), None);
+        assert_eq!(read("one.wasm").as_deref(), Some(&b"1"[..]));
+        let after = std::fs::metadata(dir.path().join("one.wasm")).expect("one");
+        assert_eq!(
+            before.modified().ok(),
+            after.modified().ok(),
+            "an unchanged key is not written again"
+        );
+        assert!(read("hand.wasm").is_some(), "a file placed by hand stays");
+        // The ledger now lists only a's file; a third run finds nothing else to take over.
+        let ledger = String::from_utf8(read(LEDGER).expect("ledger")).expect("utf-8");
+        assert_eq!(ledger, "one.wasm kube-system/a\n");
+        // A ledger line naming something the daemon never writes is ignored.
+        std::fs::write(dir.path().join(LEDGER), "../etc.wasm x\nhand.txt x\n").expect("write");
+        let mut h = PluginFiles::new(dir.path().to_path_buf());
+        h.relisted(&[]);
         assert!(read("hand.wasm").is_some());
     }
 }
