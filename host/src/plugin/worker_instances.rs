@@ -101,6 +101,28 @@ impl Setups {
             }
         }
     }
+
+    /// Makes `slot` ready for link `i` of `chain`: starts the setup it lacks (instance,
+    /// `configure`, endpoints `backends`), if any. Ok when nothing is missing or an inline
+    /// setup succeeded; otherwise what `start` answers (Pending while away).
+    fn ready(
+        &mut self,
+        slot: &mut Slot,
+        chain: &Arc<Chain>,
+        i: usize,
+        family: Family,
+        backends: Option<&Arc<[Backend]>>,
+        now: Instant,
+    ) -> Result<(), FailureKind> {
+        let Some(steps) = needs(slot, chain, family, backends) else {
+            return Ok(());
+        };
+        let blame = Some(Blame {
+            chain: chain.clone(),
+            link: i,
+        });
+        self.start(slot, steps, blame, now)
+    }
 }
 
 /// The plugin instances of one worker, by plugin version.
@@ -250,13 +272,10 @@ impl WorkerInstances {
             if slot.setup_failed.is_some() || slot.backoff.is_disabled(now) {
                 continue;
             }
-            if let Some(steps) = needs(slot, chain, family, selection) {
-                let blame = Some(Blame {
-                    chain: chain.clone(),
-                    link: i,
-                });
-                pending |= self.setups.start(slot, steps, blame, now).is_err();
-            }
+            pending |= self
+                .setups
+                .ready(slot, chain, i, family, selection, now)
+                .is_err();
         }
         if pending {
             return Err(FailureKind::Pending);
@@ -374,13 +393,7 @@ impl WorkerInstances {
                 return Err(FailureKind::Disabled);
             }
         }
-        if let Some(steps) = needs(slot, chain, family, backends) {
-            let blame = Some(Blame {
-                chain: chain.clone(),
-                link: i,
-            });
-            self.setups.start(slot, steps, blame, now)?;
-        }
+        self.setups.ready(slot, chain, i, family, backends, now)?;
         let Some(live) = slot.live.as_mut() else {
             return Err(FailureKind::Instantiate);
         };

@@ -27,6 +27,8 @@ pub struct PluginFiles {
     dir: PathBuf,
     /// File name -> (owning ConfigMap, content digest).
     files: HashMap<String, (String, u64)>,
+    /// The ledger lags `files`: a file was added or removed since it was last written.
+    dirty: bool,
 }
 
 /// A key that may become a file in the plugin directory: `<name>.wasm`, where `name` is
@@ -69,7 +71,11 @@ impl PluginFiles {
         if !files.is_empty() {
             tracing::info!(dir = %dir.display(), files = files.len(), "plugin files from ConfigMaps of an earlier run taken over");
         }
-        Self { dir, files }
+        Self {
+            dir,
+            files,
+            dirty: false,
+        }
     }
 
     fn write(&self, file: &str, bytes: &[u8]) -> std::io::Result<()> {
@@ -78,8 +84,13 @@ impl PluginFiles {
         std::fs::rename(&tmp, self.dir.join(file))
     }
 
-    /// Records which files are the ConfigMaps' (written beside, then renamed into place).
-    fn save(&self) {
+    /// Records which files are the ConfigMaps', if that changed since the last record
+    /// (written beside, then renamed into place). A record that fails is tried again with the
+    /// next change.
+    fn flush(&mut self) {
+        if !self.dirty {
+            return;
+        }
         let mut lines: Vec<String> = (self.files.iter())
             .map(|(f, (o, _))| format!("{f} {o}\n"))
             .collect();
@@ -87,13 +98,14 @@ impl PluginFiles {
         let tmp = self.dir.join(format!("{LEDGER}.tmp"));
         let saved = std::fs::write(&tmp, lines.concat())
             .and_then(|()| std::fs::rename(&tmp, self.dir.join(LEDGER)));
+        self.dirty = saved.is_err();
         if let Err(e) = saved {
             tracing::error!(dir = %self.dir.display(), error = %e, "cannot record the plugin files written from ConfigMaps; after a restart, a file whose ConfigMap went meanwhile stays");
         }
     }
 
     fn remove(&mut self, file: &str) {
-        self.files.remove(file);
+        self.dirty |= self.files.remove(file).is_some();
         match std::fs::remove_file(self.dir.join(file)) {
             Ok(()) => tracing::info!(file, "plugin removed with its ConfigMap key"),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -112,8 +124,6 @@ impl PluginFiles {
 
 impl Handler<ConfigMap> for PluginFiles {
     fn apply(&mut self, cm: &ConfigMap) -> bool {
-        let before = self.files.len();
-        let mut added = false;
         let owner = name_of(cm);
         let mut keep = Vec::new();
         for (key, bytes) in cm.binary_data.iter().flatten() {
@@ -131,7 +141,8 @@ impl Handler<ConfigMap> for PluginFiles {
                 _ => match self.write(key, &bytes.0) {
                     Ok(()) => {
                         tracing::info!(configmap = %owner, file = key, bytes = bytes.0.len(), "plugin written from ConfigMap");
-                        added |= self.files.insert(key.clone(), (owner.clone(), d)).is_none();
+                        let new = self.files.insert(key.clone(), (owner.clone(), d));
+                        self.dirty |= new.is_none();
                     }
                     Err(e) => {
                         tracing::error!(configmap = %owner, key, dir = %self.dir.display(), error = %e, "cannot write plugin into --plugin-dir");
@@ -146,9 +157,7 @@ impl Handler<ConfigMap> for PluginFiles {
                 self.remove(&file);
             }
         }
-        if added || self.files.len() != before {
-            self.save();
-        }
+        self.flush();
         true
     }
 
@@ -157,9 +166,7 @@ impl Handler<ConfigMap> for PluginFiles {
         for file in &gone {
             self.remove(file);
         }
-        if !gone.is_empty() {
-            self.save();
-        }
+        self.flush();
         true
     }
 
@@ -174,9 +181,7 @@ impl Handler<ConfigMap> for PluginFiles {
         for file in &gone {
             self.remove(file);
         }
-        if !gone.is_empty() {
-            self.save();
-        }
+        self.flush();
         true
     }
 }
