@@ -243,7 +243,9 @@ fn bench(c: &mut Criterion) {
     g.finish();
 
     // instantiation from the template (a pooling slot, no compilation)
-    let plugin = dir.get("consistent-hash").expect("plugin");
+    let plugin = dir
+        .get("consistent-hash", Duration::from_secs(60))
+        .expect("plugin");
     c.bench_function("instantiate_consistent_hash", |b| {
         b.iter(|| black_box(Instance::new(&rt, &plugin, 0, 1).map(drop).is_ok()))
     });

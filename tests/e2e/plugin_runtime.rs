@@ -241,7 +241,10 @@ fn endpoint_changes_reach_the_plugin_and_retries_exclude_failures() {
 #[test]
 fn contract_errors_say_what_is_wrong() {
     let mut r = setup(&["hostile/wrong-exports"], RuntimeConfig::default());
-    let e = r.dir.get("wrong-exports").unwrap_err();
+    let e = r
+        .dir
+        .get("wrong-exports", Duration::from_secs(10))
+        .unwrap_err();
     assert!(
         e.contains("does not export nodeport:plugin/lifecycle@0.1.0"),
         "{e}"
@@ -255,7 +258,7 @@ fn contract_errors_say_what_is_wrong() {
     );
     let e = r.rt.load("junk", b"definitely not wasm").unwrap_err();
     assert!(e.contains("not a valid WebAssembly component"), "{e}");
-    let e = r.dir.get("absent").unwrap_err();
+    let e = r.dir.get("absent", Duration::from_secs(10)).unwrap_err();
     assert!(e.contains("absent.wasm"), "{e}");
 }
 

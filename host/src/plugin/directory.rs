@@ -5,18 +5,24 @@
 //! plugin digest and config), so a refused config never reaches the workers and a plugin
 //! whose `configure` hangs never holds up the control plane.
 //!
+//! Loading (compiling a component takes time in proportion to its code, and a file can be
+//! large) runs on load threads ([`super::offload`]) too: a Service whose plugin is still
+//! loading waits as it waits for a probe, and the control plane goes on with every other
+//! Service meanwhile.
+//!
 //! A plugin that fails to (re)load leaves every Service on what it had: the previous version
 //! of that plugin, or the native default if there was none. The reason is logged and counted.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::Sender;
 
 use super::chain::{Chain, Link};
 use super::contract::Plugin;
+use super::offload::Offload;
 use super::probe::{Checked, Prober};
 use super::runtime::Runtime;
 use super::wire;
@@ -25,11 +31,33 @@ use crate::model::Frontend;
 
 /// How long file events settle before plugins are re-read (a copy in progress is not loaded).
 const SETTLE: Duration = Duration::from_millis(50);
+/// Load threads: a plugin that takes long to compile leaves the other thread to the rest.
+const LOAD_THREADS: usize = 2;
+
+/// A file's (modified, length), what tells that it changed.
+type Stamp = Option<(SystemTime, u64)>;
+
+/// A file's bytes, to be loaded on a load thread.
+struct Load {
+    name: String,
+    stamp: Stamp,
+    bytes: Vec<u8>,
+}
+
+/// What a load thread made of a [`Load`].
+struct Loaded {
+    name: String,
+    stamp: Stamp,
+    result: Result<Arc<Plugin>, String>,
+}
 
 #[derive(Default)]
 struct Entry {
-    /// (modified, length) when last read.
-    stamp: Option<(SystemTime, u64)>,
+    /// The file's stamp when last read.
+    stamp: Stamp,
+    /// A load of the file is on a load thread (one at a time: its end re-reads the file, so
+    /// a change made during a load is loaded next).
+    loading: bool,
     /// Last version that loaded.
     good: Option<Arc<Plugin>>,
     /// Why the last read did not load, if it did not.
@@ -39,8 +67,9 @@ struct Entry {
 /// Why a frontend's chain cannot be built now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Unresolved {
-    /// A probe of one of its configs is running: the frontend keeps what it runs until the
-    /// probe's result comes in (the `probed` callback of [`Directory::new`]).
+    /// A plugin is still loading, or a probe of one of its configs is running: the frontend
+    /// keeps what it runs until the result comes in (the `probed` callback of
+    /// [`Directory::new`]).
     Pending,
     /// A plugin is missing, does not load, refused its config or failed in `configure`.
     Refused(String),
@@ -54,18 +83,42 @@ pub struct Directory {
     entries: HashMap<String, Entry>,
     next_handle: u32,
     prober: Prober,
+    loads: Offload<Load, Loaded>,
+    /// Plugins whose version in force changed since the last [`Directory::refresh`].
+    changed: Vec<String>,
 }
 
 impl Directory {
     /// A directory of plugins; nothing is read until a Service names a plugin. Starts the
-    /// probe threads; `probed` is called (on one of them) after each probe's result.
+    /// load and probe threads; `probed` is called (on one of them) after each load's and
+    /// each probe's result.
     pub fn new(
         runtime: Arc<Runtime>,
         dir: PathBuf,
         metrics: Arc<Metrics>,
         probed: Arc<dyn Fn() + Send + Sync>,
     ) -> std::io::Result<Self> {
+        let rt = runtime.clone();
+        let load = move |name: &str, bytes: &[u8]| rt.load(name, bytes);
+        Self::with_load(runtime, dir, metrics, probed, load)
+    }
+
+    /// [`Directory::new`], loading with `load` (a test stands in for the compiler with it).
+    fn with_load(
+        runtime: Arc<Runtime>,
+        dir: PathBuf,
+        metrics: Arc<Metrics>,
+        probed: Arc<dyn Fn() + Send + Sync>,
+        load: impl Fn(&str, &[u8]) -> Result<Arc<Plugin>, String> + Send + Sync + 'static,
+    ) -> std::io::Result<Self> {
+        let load = move |l: Load| Loaded {
+            result: load(&l.name, &l.bytes),
+            name: l.name,
+            stamp: l.stamp,
+        };
         Ok(Self {
+            loads: Offload::start("plugin-load", LOAD_THREADS, load, probed.clone())?,
+            changed: Vec::new(),
             prober: Prober::start(runtime.clone(), probed)?,
             runtime,
             dir,
@@ -81,9 +134,18 @@ impl Directory {
         self.prober.retry_due()
     }
 
-    /// Waits, at most `bound`, until no probe runs; false when some still does.
-    pub fn wait_probes(&mut self, bound: Duration) -> bool {
-        self.prober.wait_idle(bound)
+    /// Waits, at most `bound`, until no load and no probe runs; false when some still does.
+    pub fn wait_idle(&mut self, bound: Duration) -> bool {
+        let deadline = Instant::now() + bound;
+        while self.loads.busy() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some(l) = self.loads.take_timeout(left) else {
+                return false;
+            };
+            self.record(l);
+        }
+        self.prober
+            .wait_idle(deadline.saturating_duration_since(Instant::now()))
     }
 
     /// The runtime plugins are loaded with.
@@ -100,30 +162,66 @@ impl Directory {
         Some((m.modified().ok()?, m.len()))
     }
 
-    /// Reads `name` again if its file changed. True when the version in force changed.
-    fn read(&mut self, name: &str) -> bool {
+    /// Starts loading `name` again if its file changed since it was last read and no load
+    /// of it is out. A file that cannot be read is recorded at once.
+    fn read(&mut self, name: &str) {
         let path = self.path(name);
         let stamp = Self::stamp(&path);
         let entry = self.entries.entry(name.to_string()).or_default();
-        if entry.stamp.is_some() && entry.stamp == stamp {
-            return false;
+        if entry.loading || (entry.stamp.is_some() && entry.stamp == stamp) {
+            return;
         }
-        let first = entry.stamp.is_none() && entry.good.is_none() && entry.error.is_none();
-        let loaded = match std::fs::read(&path) {
-            Ok(bytes) => self.runtime.load(name, &bytes),
+        let result = match std::fs::read(&path) {
+            Ok(bytes) => {
+                let name = name.to_string();
+                if self.loads.submit(Load { name, stamp, bytes }) {
+                    entry.loading = true;
+                    return;
+                }
+                Err("no plugin load thread runs".to_string())
+            }
             Err(e) => Err(format!("cannot read {}: {e}", path.display())),
         };
-        let entry = self.entries.entry(name.to_string()).or_default();
+        let name = name.to_string();
+        self.record(Loaded {
+            name,
+            stamp,
+            result,
+        });
+    }
+
+    /// Takes in the loads the load threads finished.
+    fn collect(&mut self) {
+        while let Some(l) = self.loads.try_take() {
+            self.record(l);
+        }
+    }
+
+    /// Records what a read of `l.name` gave: a new version in force (named in `changed`),
+    /// the same one again, or an error (logged and counted once, not on a first load: the
+    /// Services that name it are told).
+    fn record(&mut self, l: Loaded) {
+        let Loaded {
+            name,
+            stamp,
+            result,
+        } = l;
+        let path = self.path(&name);
+        let entry = self.entries.entry(name.clone()).or_default();
+        let first = entry.stamp.is_none() && entry.good.is_none() && entry.error.is_none();
+        entry.loading = false;
         entry.stamp = stamp;
-        match loaded {
+        match result {
             Ok(p) => {
                 entry.error = None;
                 if entry.good.as_ref().is_some_and(|g| g.digest == p.digest) {
-                    return false;
+                    return;
                 }
-                tracing::info!(plugin = name, digest = %&p.digest[..12], roles = %p.roles, "plugin loaded");
+                tracing::info!(plugin = %name, digest = %&p.digest[..12], roles = %p.roles, "plugin loaded");
                 entry.good = Some(p);
-                true
+                if !self.changed.contains(&name) {
+                    self.changed.push(name);
+                }
             }
             Err(e) => {
                 let e = format!("plugin {name} ({}): {e}", path.display());
@@ -138,32 +236,55 @@ impl Directory {
                     }
                 }
                 entry.error = Some(e);
-                false
             }
         }
     }
 
-    /// The version of `name` in force (loading it on first use), or why there is none.
-    pub fn get(&mut self, name: &str) -> Result<Arc<Plugin>, String> {
+    /// The version of `name` in force (starting its load on first use): Pending while it
+    /// has none and a load is out.
+    fn lookup(&mut self, name: &str) -> Result<Arc<Plugin>, Unresolved> {
+        self.collect();
         if !self.entries.contains_key(name) {
             self.read(name);
         }
-        let entry = self
-            .entries
-            .get(name)
-            .ok_or_else(|| format!("plugin {name}: not loaded"))?;
-        match (&entry.good, &entry.error) {
-            (Some(p), _) => Ok(p.clone()),
-            (None, Some(e)) => Err(e.clone()),
-            (None, None) => Err(format!("plugin {name}: not loaded")),
+        let entry = self.entries.get(name);
+        match entry.map(|e| (&e.good, &e.error, e.loading)) {
+            Some((Some(p), _, _)) => Ok(p.clone()),
+            Some((None, _, true)) => Err(Unresolved::Pending),
+            Some((None, Some(e), false)) => Err(Unresolved::Refused(e.clone())),
+            _ => Err(Unresolved::Refused(format!("plugin {name}: not loaded"))),
         }
     }
 
-    /// Re-reads every plugin in use; returns the names whose version in force changed (a new
-    /// file that loads, or the first good version of one that had failed).
+    /// The version of `name` in force, loading it on first use and waiting (at most `bound`)
+    /// for that load, or why there is none: for tools and tests, never for the control plane.
+    pub fn get(&mut self, name: &str, bound: Duration) -> Result<Arc<Plugin>, String> {
+        match self.lookup(name) {
+            Err(Unresolved::Pending) if self.wait_idle(bound) => {
+                self.lookup(name).map_err(|e| match e {
+                    Unresolved::Refused(e) => e,
+                    Unresolved::Pending => format!("plugin {name}: still loading"),
+                })
+            }
+            Err(Unresolved::Pending) => {
+                Err(format!("plugin {name}: still loading after {bound:?}"))
+            }
+            Err(Unresolved::Refused(e)) => Err(e),
+            Ok(p) => Ok(p),
+        }
+    }
+
+    /// Takes in finished loads and starts loading every plugin in use whose file changed;
+    /// returns the names whose version in force changed since the last call (a new file that
+    /// loaded, or the first good version of one that had failed). A load started here ends
+    /// with the `probed` callback, after which this is called again.
     pub fn refresh(&mut self) -> Vec<String> {
+        self.collect();
         let names: Vec<String> = self.entries.keys().cloned().collect();
-        let changed: Vec<String> = names.into_iter().filter(|n| self.read(n)).collect();
+        for n in &names {
+            self.read(n);
+        }
+        let changed = std::mem::take(&mut self.changed);
         let live: Vec<String> = self
             .entries
             .values()
@@ -189,7 +310,7 @@ impl Directory {
         };
         let mut plugins = Vec::with_capacity(spec.chain.len());
         for r in &spec.chain {
-            let plugin = self.get(&r.name).map_err(Unresolved::Refused)?;
+            let plugin = self.lookup(&r.name)?;
             plugins.push((plugin, r.config.as_str()));
         }
         if let Some(prev) = previous.filter(|p| p.serves(fe, &plugins, spec.failure_policy)) {
@@ -230,20 +351,23 @@ impl Directory {
         ))))
     }
 
-    /// [`Directory::resolve`], waiting (at most `bound`) for the probes it starts: for tools,
-    /// tests and benchmarks that resolve one chain at a time, never for the control plane.
+    /// [`Directory::resolve`], waiting (at most `bound`) for the loads and probes it starts:
+    /// for tools, tests and benchmarks that resolve one chain at a time, never for the
+    /// control plane.
     pub fn resolve_wait(
         &mut self,
         fe: &Frontend,
         previous: Option<&Arc<Chain>>,
         bound: Duration,
     ) -> Result<Option<Arc<Chain>>, Unresolved> {
-        match self.resolve(fe, previous) {
-            Err(Unresolved::Pending) => {
-                self.wait_probes(bound);
-                self.resolve(fe, previous)
+        let deadline = Instant::now() + bound;
+        loop {
+            match self.resolve(fe, previous) {
+                Err(Unresolved::Pending)
+                    if Instant::now() < deadline
+                        && self.wait_idle(deadline.saturating_duration_since(Instant::now())) => {}
+                other => return other,
             }
-            other => other,
         }
     }
 
@@ -274,5 +398,87 @@ impl Directory {
                 }
             })?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{FailurePolicy, PluginRef, PluginSpec};
+    use crate::plugin::RuntimeConfig;
+    use crate::sync::changes::tests::frontend;
+
+    /// A frontend on `node_port` that names `plugin`.
+    fn naming(plugin: &str, node_port: u16) -> Frontend {
+        let mut fe = frontend(node_port, &["198.18.0.2:80"]);
+        fe.plugins = Some(Arc::new(PluginSpec {
+            chain: vec![PluginRef {
+                name: plugin.into(),
+                config: String::new(),
+            }],
+            failure_policy: FailurePolicy::Open,
+        }));
+        fe
+    }
+
+    #[test]
+    fn a_plugin_that_takes_long_to_load_holds_up_neither_the_caller_nor_other_plugins() {
+        let files = tempfile::tempdir().expect("dir");
+        for name in ["slow", "quick"] {
+            std::fs::write(files.path().join(format!("{name}.wasm")), name).expect("file");
+        }
+        let (release, held) = crossbeam_channel::bounded::<()>(1);
+        let (told, dones) = crossbeam_channel::unbounded::<()>();
+        let metrics = Arc::new(Metrics::new());
+        let rt = Runtime::new(
+            RuntimeConfig::default(),
+            metrics.plugin_logs_dropped.clone(),
+        )
+        .expect("runtime");
+        // Stands in for a compile: "slow" until the test releases it (bounded, so a broken
+        // test ends), then both refuse, naming what they read.
+        let load = move |name: &str, bytes: &[u8]| -> Result<Arc<Plugin>, String> {
+            if name == "slow" {
+                let _ = held.recv_timeout(Duration::from_secs(10));
+            }
+            Err(format!("read {:?}", String::from_utf8_lossy(bytes)))
+        };
+        let done = Arc::new(move || {
+            let _ = told.send(());
+        });
+        let mut dir =
+            Directory::with_load(rt, files.path().into(), metrics, done, load).expect("threads");
+
+        // Answered at once while the load is out (a blocked caller would see the refusal).
+        let slow = naming("slow", 30001);
+        assert_eq!(dir.resolve(&slow, None).err(), Some(Unresolved::Pending));
+        // Another plugin loads meanwhile, on the other thread.
+        let quick = naming("quick", 30002);
+        assert_eq!(dir.resolve(&quick, None).err(), Some(Unresolved::Pending));
+        assert!(
+            dones.recv_timeout(Duration::from_secs(10)).is_ok(),
+            "quick loaded"
+        );
+        match dir.resolve(&quick, None) {
+            Err(Unresolved::Refused(e)) => assert!(e.contains("read \"quick\""), "{e}"),
+            other => panic!("expected quick's refusal, got {:?}", other.map(|_| ())),
+        }
+        assert_eq!(dir.resolve(&slow, None).err(), Some(Unresolved::Pending));
+        assert!(!dir.wait_idle(Duration::ZERO), "slow is still loading");
+
+        // Its end is told (the control plane then refreshes and resolves again).
+        release.send(()).expect("release");
+        assert!(
+            dones.recv_timeout(Duration::from_secs(10)).is_ok(),
+            "slow loaded"
+        );
+        assert!(
+            dir.refresh().is_empty(),
+            "a refusal changes no version in force"
+        );
+        match dir.resolve(&slow, None) {
+            Err(Unresolved::Refused(e)) => assert!(e.contains("read \"slow\""), "{e}"),
+            other => panic!("expected slow's refusal, got {:?}", other.map(|_| ())),
+        }
     }
 }

@@ -11,6 +11,7 @@
 //! - [`contract`]: checking a component, its pre-instantiated template, a trial instance.
 //! - [`wire`]: every conversion between model types and WIT types (flow record, endpoints).
 //! - [`directory`]: plugins by name from `--plugin-dir`, reloads, chain resolution.
+//! - [`offload`]: a few threads that run loads and probes off the control-plane thread.
 //! - [`probe`]: `configure` probes of Service configs on probe threads, outcomes remembered.
 //! - [`chain`]: a Service port's resolved chain, carried in the route to workers.
 //! - [`host_state`]: what an instance's store carries (memory limiter, log budget, random).
@@ -31,6 +32,7 @@ pub mod failure;
 pub mod host_state;
 pub mod instance;
 pub mod loader;
+pub mod offload;
 pub mod probe;
 pub mod runtime;
 pub mod setup;

@@ -15,11 +15,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
-
 use super::bindings::types;
 use super::contract::Plugin;
 use super::instance::Instance;
+use super::offload::Offload;
 use super::runtime::Runtime;
 
 /// Threads that run probes: enough that one hostile plugin does not hold every other
@@ -76,8 +75,7 @@ struct Job {
 /// The probe pool and what it has learnt.
 pub struct Prober {
     states: HashMap<Key, State>,
-    jobs: Sender<Job>,
-    results: Receiver<(Key, Outcome)>,
+    pool: Offload<Job, (Key, Outcome)>,
 }
 
 impl Prober {
@@ -87,31 +85,18 @@ impl Prober {
         runtime: Arc<Runtime>,
         done: Arc<dyn Fn() + Send + Sync>,
     ) -> std::io::Result<Self> {
-        let (jobs, job_rx) = crossbeam_channel::unbounded::<Job>();
-        let (result_tx, results) = crossbeam_channel::unbounded();
-        for i in 0..THREADS {
-            let (rx, tx, rt, done) = (
-                job_rx.clone(),
-                result_tx.clone(),
-                runtime.clone(),
-                done.clone(),
-            );
-            std::thread::Builder::new()
-                .name(format!("plugin-probe-{i}"))
-                .spawn(move || {
-                    while let Ok(job) = rx.recv() {
-                        let outcome = probe(&rt, &job.plugin, &job.services, &job.key.config);
-                        if tx.send((job.key, outcome)).is_err() {
-                            return;
-                        }
-                        done();
-                    }
-                })?;
-        }
+        let pool = Offload::start(
+            "plugin-probe",
+            THREADS,
+            move |job: Job| {
+                let outcome = probe(&runtime, &job.plugin, &job.services, &job.key.config);
+                (job.key, outcome)
+            },
+            done,
+        )?;
         Ok(Self {
             states: HashMap::new(),
-            jobs,
-            results,
+            pool,
         })
     }
 
@@ -150,7 +135,7 @@ impl Prober {
             plugin: plugin.clone(),
             services: services(),
         };
-        if self.jobs.send(job).is_err() {
+        if !self.pool.submit(job) {
             return Checked::Rejected(format!("plugin {name}: no probe thread runs"));
         }
         // A failure's backoff survives the retry, so the next failure doubles it.
@@ -180,9 +165,9 @@ impl Prober {
                 return true;
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.results.recv_timeout(left) {
-                Ok(r) => self.record(r),
-                Err(_) => return false,
+            match self.pool.take_timeout(left) {
+                Some(r) => self.record(r),
+                None => return false,
             }
         }
     }
@@ -195,7 +180,7 @@ impl Prober {
 
     /// Takes in the results the probe threads reported.
     fn collect(&mut self) {
-        while let Ok(r) = self.results.try_recv() {
+        while let Some(r) = self.pool.try_take() {
             self.record(r);
         }
     }

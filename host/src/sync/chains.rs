@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::Instant;
 
 use crate::metrics::Metrics;
 use crate::model::{Frontend, FrontendKey, ServiceKey};
@@ -64,19 +64,23 @@ impl Chains {
         self.directory.as_mut().is_some_and(Directory::retry_due)
     }
 
-    /// Waits, at most `bound`, until no probe runs; true when some frontend waited for one
-    /// (it should then be resolved again). Only for the initial sync, before readiness: a
+    /// Waits, until `deadline` at most, for the plugin loads and probes that frontends wait
+    /// for; true when they ended and some frontend waited (it should then be resolved again,
+    /// which may start its next step). Only for the initial sync, before readiness: a
     /// Service's plugins are then in force once the daemon reports ready.
-    pub fn settle_probes(&mut self, bound: Duration) -> bool {
-        if let Some(dir) = &mut self.directory {
-            if !dir.wait_probes(bound) {
-                tracing::warn!(
-                    ?bound,
-                    "plugin config probes still running; their Services are resolved when they end"
-                );
-            }
+    pub fn settle(&mut self, deadline: Instant) -> bool {
+        let (Some(dir), false) = (&mut self.directory, self.pending.is_empty()) else {
+            return false;
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || !dir.wait_idle(left) {
+            tracing::warn!(
+                ports = self.pending.len(),
+                "plugin loads or config probes still running; their Services are resolved when they end"
+            );
+            return false;
         }
-        !self.pending.is_empty()
+        true
     }
 
     /// Whether `fe` must be resolved again after `changed` plugins changed: it names one of

@@ -34,8 +34,9 @@ use health_ports::{HealthHandle, HealthPorts};
 
 /// How often Services whose ports could not be bound are tried again.
 const RETRY_EVERY: Duration = Duration::from_secs(5);
-/// How long the initial sync waits for plugin config probes before it reports ready.
-const INITIAL_PROBES: Duration = Duration::from_secs(10);
+/// How long the initial sync waits for plugin loads and config probes before it reports
+/// ready.
+const INITIAL_PLUGINS: Duration = Duration::from_secs(10);
 
 /// What the sync loop receives.
 pub enum Event {
@@ -162,7 +163,9 @@ impl Sync {
                 let all = std::mem::take(&mut self.unsynced);
                 self.synced = true;
                 self.reconcile_all(all);
-                if self.chains.settle_probes(INITIAL_PROBES) {
+                // A Service's plugin loads, then its configs are probed: a round each.
+                let deadline = Instant::now() + INITIAL_PLUGINS;
+                while self.chains.settle(deadline) {
                     self.plugins_changed();
                 }
                 // Ready means the workers run what was programmed: a Service first programmed
