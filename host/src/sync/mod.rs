@@ -37,6 +37,8 @@ const RETRY_EVERY: Duration = Duration::from_secs(5);
 /// How long the initial sync waits for plugin loads and config probes before it reports
 /// ready.
 const INITIAL_PLUGINS: Duration = Duration::from_secs(10);
+/// Rounds of waiting and resolving again in that time: a load, a probe, one spare.
+const INITIAL_ROUNDS: usize = 3;
 
 /// What the sync loop receives.
 pub enum Event {
@@ -163,9 +165,13 @@ impl Sync {
                 let all = std::mem::take(&mut self.unsynced);
                 self.synced = true;
                 self.reconcile_all(all);
-                // A Service's plugin loads, then its configs are probed: a round each.
+                // A Service's plugin loads, then its configs are probed: a round each (and a
+                // spare). Bounded, as a frontend left pending with nothing out would not end.
                 let deadline = Instant::now() + INITIAL_PLUGINS;
-                while self.chains.settle(deadline) {
+                for _ in 0..INITIAL_ROUNDS {
+                    if !self.chains.settle(deadline) {
+                        break;
+                    }
                     self.plugins_changed();
                 }
                 // Ready means the workers run what was programmed: a Service first programmed
