@@ -157,7 +157,7 @@ impl Directory {
         self.dir.join(format!("{name}.wasm"))
     }
 
-    fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    fn stamp(path: &Path) -> Stamp {
         let m = std::fs::metadata(path).ok()?;
         Some((m.modified().ok()?, m.len()))
     }
@@ -259,19 +259,13 @@ impl Directory {
     /// The version of `name` in force, loading it on first use and waiting (at most `bound`)
     /// for that load, or why there is none: for tools and tests, never for the control plane.
     pub fn get(&mut self, name: &str, bound: Duration) -> Result<Arc<Plugin>, String> {
-        match self.lookup(name) {
-            Err(Unresolved::Pending) if self.wait_idle(bound) => {
-                self.lookup(name).map_err(|e| match e {
-                    Unresolved::Refused(e) => e,
-                    Unresolved::Pending => format!("plugin {name}: still loading"),
-                })
-            }
-            Err(Unresolved::Pending) => {
-                Err(format!("plugin {name}: still loading after {bound:?}"))
-            }
-            Err(Unresolved::Refused(e)) => Err(e),
-            Ok(p) => Ok(p),
+        if matches!(self.lookup(name), Err(Unresolved::Pending)) {
+            self.wait_idle(bound);
         }
+        self.lookup(name).map_err(|e| match e {
+            Unresolved::Refused(e) => e,
+            Unresolved::Pending => format!("plugin {name}: still loading after {bound:?}"),
+        })
     }
 
     /// Takes in finished loads and starts loading every plugin in use whose file changed;

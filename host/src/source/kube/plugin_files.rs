@@ -162,9 +162,8 @@ impl Handler<ConfigMap> for PluginFiles {
     }
 
     fn delete(&mut self, cm: &ConfigMap) -> bool {
-        let gone = self.owned_by(&name_of(cm));
-        for file in &gone {
-            self.remove(file);
+        for file in self.owned_by(&name_of(cm)) {
+            self.remove(&file);
         }
         self.flush();
         true
@@ -178,8 +177,8 @@ impl Handler<ConfigMap> for PluginFiles {
             .filter(|(_, (o, _))| !live.contains(o))
             .map(|(f, _)| f.clone())
             .collect();
-        for file in &gone {
-            self.remove(file);
+        for file in gone {
+            self.remove(&file);
         }
         self.flush();
         true
