@@ -1,9 +1,9 @@
 //! Hostile plugins, built with the test suite (plugins/hostile): an endless loop (in a
 //! per-flow call and in `set-backends`), unbounded memory growth, a trap, an out-of-range
-//! answer, a flood of log calls, and a component with the wrong exports. Each must be caught,
-//! counted by kind, logged with the Service and plugin name and handled by the failure policy
-//! (open: the native default serves; closed: the flow is refused), while the daemon keeps
-//! serving a Service without plugins.
+//! answer, a flood of log calls, a component with the wrong exports, and a file too large to
+//! load. Each must be caught, counted by kind, logged with the Service and plugin name and
+//! handled by the failure policy (open: the native default serves; closed: the flow is
+//! refused), while the daemon keeps serving a Service without plugins.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -16,8 +16,8 @@ struct Setup {
     closed: u16,
     good: u16,
     _backends: Vec<TcpBackend>,
-    _m: Manifests,
-    _pd: PluginDir,
+    m: Manifests,
+    pd: PluginDir,
 }
 
 /// Services `open` and `closed` (failure policies) use `plugin`; `good` uses none.
@@ -50,8 +50,8 @@ fn setup(plugin: &str, extra: &[&str]) -> Setup {
         closed,
         good,
         _backends: backends,
-        _m: m,
-        _pd: pd,
+        m,
+        pd,
     }
 }
 
@@ -240,6 +240,41 @@ fn wrong_exports_are_rejected_at_load_and_the_service_runs_natively() {
     );
     assert!(s.d.metric("nodeportd_plugin_load_errors_total") >= 1.0);
     for _ in 0..50 {
+        who(lo(s.good)).expect("Service without plugins");
+    }
+    assert!(s.d.alive());
+}
+
+#[test]
+fn a_plugin_file_too_large_to_load_is_refused_by_its_size() {
+    // Past the 64 MiB a plugin file may be: sparse, so the test writes almost nothing.
+    let mut s = setup("hostile/wrong-exports", &[]);
+    let file = std::fs::File::create(s.pd.path().join("huge.wasm")).expect("huge.wasm");
+    file.set_len((64 << 20) + 1).expect("size");
+    let huge = node_port();
+    let backend = TcpBackend::local("h");
+    s.m.write(
+        "huge.yaml",
+        &docs(&[
+            Service::new("huge")
+                .tcp("http", huge)
+                .plugins("huge")
+                .yaml(),
+            slices("huge", "http", "TCP", &[backend.addr()]),
+        ]),
+    );
+    wait_for(Duration::from_secs(10), "the refusal logged", || {
+        s.d.log()
+            .contains("larger than the 64 MiB a plugin file may be")
+    });
+    let log = s.d.log();
+    assert!(
+        log.contains("e2e/huge") && log.contains("huge.wasm"),
+        "the refusal names the Service and the file:\n{log}"
+    );
+    // It runs natively, like any Service whose plugin never loaded; the others are untouched.
+    for i in 0..10 {
+        who(lo(huge)).unwrap_or_else(|e| panic!("connection {i}: {e}\n{}", s.d.log()));
         who(lo(s.good)).expect("Service without plugins");
     }
     assert!(s.d.alive());

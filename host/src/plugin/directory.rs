@@ -33,6 +33,11 @@ use crate::model::Frontend;
 const SETTLE: Duration = Duration::from_millis(50);
 /// Load threads: a plugin that takes long to compile leaves the other thread to the rest.
 const LOAD_THREADS: usize = 2;
+/// The largest plugin file read. Compile time and memory grow with the code, and the file is
+/// read on the control-plane thread: a runaway file (a log written to the wrong name, a
+/// hostile upload) is refused by its size instead of holding a load thread for minutes. A
+/// whole interpreter compiled to a component (JavaScript, Python) fits.
+const MAX_PLUGIN_BYTES: u64 = 64 << 20;
 
 /// A file's (modified, length), what tells that it changed.
 type Stamp = Option<(SystemTime, u64)>;
@@ -171,7 +176,7 @@ impl Directory {
         if entry.loading || (entry.stamp.is_some() && entry.stamp == stamp) {
             return;
         }
-        let result = match std::fs::read(&path) {
+        let result = match Self::read_bounded(&path, MAX_PLUGIN_BYTES) {
             Ok(bytes) => {
                 let name = name.to_string();
                 if self.loads.submit(Load { name, stamp, bytes }) {
@@ -180,7 +185,7 @@ impl Directory {
                 }
                 Err("no plugin load thread runs".to_string())
             }
-            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+            Err(e) => Err(e),
         };
         let name = name.to_string();
         self.record(Loaded {
@@ -188,6 +193,23 @@ impl Directory {
             stamp,
             result,
         });
+    }
+
+    /// The file's bytes, or why not: unreadable, or longer than `max` (checked as read, so a
+    /// file that grows after its length was looked at is bounded too).
+    fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, String> {
+        use std::io::Read;
+        let cannot = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
+        let file = std::fs::File::open(path).map_err(cannot)?;
+        let mut bytes = Vec::new();
+        file.take(max + 1).read_to_end(&mut bytes).map_err(cannot)?;
+        if bytes.len() as u64 > max {
+            return Err(format!(
+                "the file is larger than the {} MiB a plugin file may be",
+                max >> 20
+            ));
+        }
+        Ok(bytes)
     }
 
     /// Takes in the loads the load threads finished.
@@ -401,6 +423,22 @@ mod tests {
     use crate::model::{FailurePolicy, PluginRef, PluginSpec};
     use crate::plugin::RuntimeConfig;
     use crate::sync::changes::tests::frontend;
+
+    #[test]
+    fn a_plugin_file_over_the_bound_is_refused_by_its_size() {
+        let files = tempfile::tempdir().expect("dir");
+        let path = files.path().join("big.wasm");
+        std::fs::write(&path, vec![0u8; 3 << 20]).expect("file");
+        let e = Directory::read_bounded(&path, 2 << 20).expect_err("over the bound");
+        assert!(e.contains("larger than the 2 MiB"), "{e}");
+        assert_eq!(
+            Directory::read_bounded(&path, 3 << 20).map(|b| b.len()),
+            Ok(3 << 20),
+            "a file of exactly the bound is read whole"
+        );
+        let e = Directory::read_bounded(&files.path().join("gone.wasm"), 1).expect_err("absent");
+        assert!(e.starts_with("cannot read"), "{e}");
+    }
 
     /// A frontend on `node_port` that names `plugin`.
     fn naming(plugin: &str, node_port: u16) -> Frontend {
