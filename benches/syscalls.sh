@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# System calls per request and per new connection, nodeportd against HAProxy (mode tcp), the
-# same load through each: the count issue 10 asks for before cutting them. Counts, not speed.
+# System calls and context switches (wake-ups: a thread that sleeps in epoll_wait and is woken
+# switches in) per request and per new connection, nodeportd against HAProxy (mode tcp), the
+# same load through each: the counts issue 10 asks for before cutting them. Counts, not speed.
 #
 # Everything runs on the loopback of a network namespace of its own (fixed ports cannot be
 # taken by anyone else there): nginx as the endpoint, nodeportd (release binary, 2 workers) and
 # HAProxy (2 threads) in front of it, wrk as the client. Per proxy and load (wrk -t1 -c16 for
 # BENCH_SECONDS, keep-alive and `Connection: close`) the proxy's system calls are counted on
-# every thread and divided by the requests wrk completed. Counted with perf's syscall
+# every thread and divided by the requests wrk completed; so are its context switches (perf's
+# software event; TOOL=perf only). Counted with perf's syscall
 # tracepoints by default (TOOL=perf: the proxy runs at nearly full speed, so events coalesce as
 # they do under real load); TOOL=strace counts with `strace -c`, which slows every call down
 # and so splits what would arrive together (a FIN with the last data, for one).
@@ -84,13 +86,13 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 
-# count PID PORT [wrk args...]: "<syscalls> <requests>"; the per-call counts go to
+# count PID PORT [wrk args...]: "<syscalls> <requests> <switches>"; the per-call counts go to
 # $WORK/calls as "<calls> <name>" lines.
 count() {
   local pid=$1 port=$2; shift 2
   local st
   if [ "$TOOL" = perf ]; then
-    local ev=raw_syscalls:sys_enter c
+    local ev=raw_syscalls:sys_enter,context-switches c
     for c in $CALLS; do ev+=",syscalls:sys_enter_$c"; done
     # -p PID counts every thread of the process.
     perf stat -x, -e "$ev" -p "$pid" -o "$WORK/perf.out" 2>/dev/null & st=$!
@@ -104,8 +106,9 @@ count() {
   local out
   out=$(in_ns timeout $((SECS + 10)) wrk -t1 -c16 -d"${SECS}s" "$@" "http://127.0.0.1:$port/")
   kill -INT "$st"; wait "$st" 2>/dev/null || true
-  local calls reqs
+  local calls reqs switches=n/a
   if [ "$TOOL" = perf ]; then
+    switches=$(awk -F, '$3 == "context-switches" {print $1}' "$WORK/perf.out")
     # CSV: count,unit,event,...
     calls=$(awk -F, '$3 == "raw_syscalls:sys_enter" {print $1}' "$WORK/perf.out")
     awk -F, '$3 ~ /^syscalls:sys_enter_/ {sub("syscalls:sys_enter_", "", $3); print $1, $3}' \
@@ -120,17 +123,18 @@ count() {
   # the TOP most frequent calls, per request, for the line after the table row
   awk -v r="$reqs" '$1 > 0 {printf "%s %.2f\n", $2, $1 / r}' "$WORK/calls" |
     sort -k2 -nr | head -"${TOP:-5}" | tr '\n' ' ' > "$WORK/top"
-  echo "$calls $reqs"
+  echo "$calls $reqs $switches"
 }
 
-printf '%-10s %-10s %10s %10s %14s\n' proxy load requests syscalls syscalls/req
+printf '%-10s %-10s %10s %10s %14s %14s\n' proxy load requests syscalls syscalls/req switches/req
 for proxy in nodeportd haproxy; do
   if [ $proxy = nodeportd ]; then pid=$NP_PID port=30080; else pid=$HA_PID port=31080; fi
   for load in keepalive close; do
     if [ $load = close ]; then set -- -H "Connection: close"; else set --; fi
-    read -r calls reqs < <(count "$pid" "$port" "$@")
-    printf '%-10s %-10s %10s %10s %14.1f\n' $proxy $load "$reqs" "$calls" \
-      "$(awk -v c="$calls" -v r="$reqs" 'BEGIN {print c / r}')"
+    read -r calls reqs switches < <(count "$pid" "$port" "$@")
+    printf '%-10s %-10s %10s %10s %14.1f %14s\n' $proxy $load "$reqs" "$calls" \
+      "$(awk -v c="$calls" -v r="$reqs" 'BEGIN {print c / r}')" \
+      "$(awk -v s="$switches" -v r="$reqs" 'BEGIN {if (s == "n/a") print s; else printf "%.2f", s / r}')"
     echo "           per request: $(cat "$WORK/top")"
   done
 done

@@ -115,9 +115,13 @@ fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+/// `last`: nothing follows these bytes but the end of the stream, which the caller sends at
+/// once (shutdown or close): MSG_MORE holds them for it, so they leave in one segment with
+/// the FIN (the peer then acknowledges both at once) instead of a segment each.
+fn write(fd: RawFd, buf: &[u8], last: bool) -> io::Result<usize> {
+    let flags = libc::MSG_NOSIGNAL | if last { libc::MSG_MORE } else { 0 };
     // SAFETY: buf is valid for buf.len() bytes; MSG_NOSIGNAL avoids SIGPIPE on a closed peer.
-    let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) };
+    let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), flags) };
     if n < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -209,7 +213,7 @@ fn pump_copy(
     };
     loop {
         if let Some(s) = stash.as_mut() {
-            match write(dst, &s.buf[s.start..s.end]) {
+            match write(dst, &s.buf[s.start..s.end], false) {
                 Ok(n) => {
                     out.bytes += n as u64;
                     s.start += n;
@@ -238,9 +242,11 @@ fn pump_copy(
             Err(e) if retry(&e) => continue,
             Err(e) => return Err(e),
         };
+        // A short read up to a known FIN is the stream's last data (see below).
+        let last = n < scratch.len() && src_closed == Closed::Fin;
         let mut written = 0;
         while written < n {
-            match write(dst, &scratch[written..n]) {
+            match write(dst, &scratch[written..n], last) {
                 Ok(w) => written += w,
                 Err(e) if would_block(&e) => break,
                 Err(e) if retry(&e) => continue,
@@ -456,6 +462,55 @@ mod tests {
         let mut got = Vec::new();
         server_r.read_to_end(&mut got).unwrap();
         assert_eq!(got, b"helloworld");
+    }
+
+    /// Segments `s` has sent (TCP_INFO), pure ACKs included.
+    fn segments_sent(s: &TcpStream) -> u32 {
+        // SAFETY: tcp_info is plain old data, so all zeroes is a valid value.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: info and len are valid for the call and len is info's size.
+        let rc = unsafe {
+            libc::getsockopt(
+                s.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut info as *mut libc::tcp_info).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0, "TCP_INFO: {}", io::Error::last_os_error());
+        info.tcpi_segs_out
+    }
+
+    #[test]
+    fn the_last_data_before_a_known_fin_leaves_with_the_fin_in_one_segment() {
+        let (proxy_out, mut server_r) = pair();
+        proxy_out.set_nodelay(true).unwrap();
+        let (_w, fin) = sent_then_closed(b"bye");
+        let (mut scratch, mut buffers) = (vec![0u8; CONDUIT_BYTES], Buffers::default());
+        let before = segments_sent(&proxy_out);
+        let p = Conduit::copy()
+            .pump(
+                fin.as_raw_fd(),
+                proxy_out.as_raw_fd(),
+                false,
+                Closed::Fin,
+                &mut scratch,
+                &mut buffers,
+            )
+            .unwrap();
+        assert_eq!((p.bytes, p.eof), (3, true));
+        // What the flow does next with a drained direction.
+        proxy_out.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut got = Vec::new();
+        server_r.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"bye");
+        assert_eq!(
+            segments_sent(&proxy_out) - before,
+            1,
+            "data and FIN in one segment (a segment each costs the peer an ACK too)"
+        );
     }
 
     #[test]
