@@ -55,27 +55,27 @@ impl PluginFiles {
     /// those whose ConfigMap or key is gone go once the first listing is complete.
     pub fn new(dir: PathBuf) -> Self {
         let mut files = HashMap::new();
+        // A line left out (a file gone meanwhile, a name this daemon never writes) is
+        // dropped from the ledger with the next record.
+        let mut dirty = false;
         let ledger = std::fs::read_to_string(dir.join(LEDGER));
         for line in ledger.as_deref().unwrap_or_default().lines() {
-            let Some((file, owner)) = line.split_once(' ') else {
+            let Some((file, owner)) = line.split_once(' ').filter(|(f, _)| plugin_file(f)) else {
+                dirty = true; // not a name this daemon writes: never touched
                 continue;
             };
-            if !plugin_file(file) {
-                continue; // not a name this daemon writes: never touched
-            }
             // The digest of what is there now, so an unchanged key is not written again.
-            if let Ok(bytes) = std::fs::read(dir.join(file)) {
-                files.insert(file.to_string(), (owner.to_string(), digest(&bytes)));
+            match std::fs::read(dir.join(file)) {
+                Ok(bytes) => {
+                    files.insert(file.to_string(), (owner.to_string(), digest(&bytes)));
+                }
+                Err(_) => dirty = true,
             }
         }
         if !files.is_empty() {
             tracing::info!(dir = %dir.display(), files = files.len(), "plugin files from ConfigMaps of an earlier run taken over");
         }
-        Self {
-            dir,
-            files,
-            dirty: false,
-        }
+        Self { dir, files, dirty }
     }
 
     fn write(&self, file: &str, bytes: &[u8]) -> std::io::Result<()> {
@@ -272,5 +272,11 @@ mod tests {
         let mut h = PluginFiles::new(dir.path().to_path_buf());
         h.relisted(&[]);
         assert!(read("hand.wasm").is_some());
+        assert_eq!(read(LEDGER).as_deref(), Some(&b""[..]), "and dropped");
+        // So is a line whose file went while the daemon was down.
+        std::fs::write(dir.path().join(LEDGER), "gone.wasm kube-system/a\n").expect("write");
+        let mut h = PluginFiles::new(dir.path().to_path_buf());
+        h.relisted(&[Arc::new(cm("a", &[]))]);
+        assert_eq!(read(LEDGER).as_deref(), Some(&b""[..]));
     }
 }
