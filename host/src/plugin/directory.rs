@@ -195,19 +195,25 @@ impl Directory {
         });
     }
 
-    /// The file's bytes, or why not: unreadable, or longer than `max` (checked as read, so a
-    /// file that grows after its length was looked at is bounded too).
+    /// The file's bytes, or why not: unreadable, or longer than `max` (by its length, before
+    /// anything is read, and as read, so a file that grows meanwhile is bounded too).
     fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, String> {
         use std::io::Read;
         let cannot = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
+        let too_large = || {
+            format!(
+                "the file is larger than the {} MiB a plugin file may be",
+                max >> 20
+            )
+        };
         let file = std::fs::File::open(path).map_err(cannot)?;
+        if file.metadata().map_err(cannot)?.len() > max {
+            return Err(too_large());
+        }
         let mut bytes = Vec::new();
         file.take(max + 1).read_to_end(&mut bytes).map_err(cannot)?;
         if bytes.len() as u64 > max {
-            return Err(format!(
-                "the file is larger than the {} MiB a plugin file may be",
-                max >> 20
-            ));
+            return Err(too_large());
         }
         Ok(bytes)
     }

@@ -61,7 +61,7 @@ impl PluginFiles {
         let ledger = std::fs::read_to_string(dir.join(LEDGER));
         for line in ledger.as_deref().unwrap_or_default().lines() {
             let Some((file, owner)) = line.split_once(' ').filter(|(f, _)| plugin_file(f)) else {
-                dirty = true; // not a name this daemon writes: never touched
+                dirty = true; // malformed, or not a name this daemon writes: never touched
                 continue;
             };
             // The digest of what is there now, so an unchanged key is not written again.
