@@ -1,4 +1,5 @@
-//! A dual-stack Service serves IPv4 clients from IPv4 endpoints and IPv6 clients from IPv6 ones.
+//! A dual-stack Service serves IPv4 clients from IPv4 endpoints and IPv6 clients from IPv6 ones;
+//! a spread UDP nodePort steers IPv6 clients as it does IPv4 ones.
 
 use std::time::Duration;
 
@@ -107,5 +108,62 @@ fn ipv4_only_service_is_not_served_on_ipv6() {
         refused(&r),
         "an IPv4-only Service answered on ::1: {:?}",
         r.map(|_| ())
+    );
+}
+
+#[test]
+fn a_spread_udp_node_port_steers_ipv6_clients_by_address() {
+    if !has_ipv6() {
+        eprintln!("SKIP: ::1 cannot be bound on this machine");
+        return;
+    }
+    // IPv6 has one loopback address to send from, so this checks the IPv6 steering program
+    // in the kernel: every port of ::1 on the worker its address hashes to. A program the
+    // kernel could not run would leave the group to its own 4-tuple hash, which puts 16
+    // ports on one worker once in 2^15.
+    let u6 = UdpBackend::start("[::1]:0", "u6");
+    let np = node_port();
+    let m = Manifests::new();
+    m.write(
+        "svc.yaml",
+        &docs(&[
+            Service::new("six")
+                .udp("dns", np)
+                .families(&["IPv6"])
+                .annotate("nodeportd.dev/spread-udp", "true")
+                .yaml(),
+            slice(
+                "six-u6",
+                "six",
+                "dns",
+                "UDP",
+                u6.addr().port(),
+                &[Ep::ready(u6.addr().ip())],
+            ),
+        ]),
+    );
+    let d = Daemon::start(
+        m.path(),
+        &["--nodeport-addresses", "::1/128", "--workers", "2"],
+    );
+    assert_eq!(d.metric("nodeportd_listeners"), 2.0, "a socket per worker");
+    let target = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, np));
+    let clients: Vec<_> = (0..16)
+        .map(|_| udp_client(target, Duration::from_secs(3)))
+        .collect();
+    for (i, c) in clients.iter().enumerate() {
+        let payload = format!("p{i}");
+        assert_eq!(udp_ask(c, &payload).unwrap(), format!("u6:{payload}"));
+    }
+    let steered = nodeportd::dataplane::steer::member_of(std::net::Ipv6Addr::LOCALHOST.into(), 2);
+    let workers: Vec<u64> = rows(&d.conntrack(), "udp")
+        .iter()
+        .filter(|r| r["node"] == format!("[::1]:{np}"))
+        .map(|r| r["worker"].as_u64().unwrap())
+        .collect();
+    assert_eq!(workers.len(), 16, "a flow per client port: {workers:?}");
+    assert!(
+        workers.iter().all(|w| *w == u64::from(steered)),
+        "every port of ::1 on worker {steered}: {workers:?}"
     );
 }
