@@ -1,9 +1,9 @@
 //! Hostile plugins, built with the test suite (plugins/hostile): an endless loop (in a
 //! per-flow call and in `set-backends`), unbounded memory growth, a trap, an out-of-range
-//! answer, a flood of log calls, a component with the wrong exports, and a file too large to
-//! load. Each must be caught, counted by kind, logged with the Service and plugin name and
-//! handled by the failure policy (open: the native default serves; closed: the flow is
-//! refused), while the daemon keeps serving a Service without plugins.
+//! answer, a flood of log calls, a component with the wrong exports, a 4 MiB refusal of its
+//! config, and a file too large to load. Each must be caught, counted by kind, logged with the
+//! Service and plugin name and handled by the failure policy (open: the native default serves;
+//! closed: the flow is refused), while the daemon keeps serving a Service without plugins.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -277,5 +277,28 @@ fn a_plugin_file_too_large_to_load_is_refused_by_its_size() {
         who(lo(huge)).unwrap_or_else(|e| panic!("connection {i}: {e}\n{}", s.d.log()));
         who(lo(s.good)).expect("Service without plugins");
     }
+    assert!(s.d.alive());
+}
+
+#[test]
+fn a_huge_refusal_is_cut_before_it_reaches_the_log() {
+    // configure refuses with 4 MiB of text, on every Service and every retry.
+    let mut s = setup("hostile/huge-refusal", &[]);
+    wait_for(Duration::from_secs(10), "the refusal logged", || {
+        s.d.log().contains("huge-refusal: xxx")
+    });
+    // The refused config keeps the Services on the native default, under either policy.
+    for i in 0..10 {
+        who(lo(s.open)).unwrap_or_else(|e| panic!("open, connection {i}: {e}\n{}", s.d.log()));
+        who(lo(s.closed)).unwrap_or_else(|e| panic!("closed, connection {i}: {e}"));
+        who(lo(s.good)).expect("Service without plugins");
+    }
+    let log = s.d.log();
+    assert!(log.contains("more bytes)"), "the cut is marked:\n{log}");
+    let longest = log.lines().map(str::len).max().unwrap_or(0);
+    assert!(
+        longest < 8 << 10,
+        "no log line carries the plugin's megabytes: the longest has {longest} bytes"
+    );
     assert!(s.d.alive());
 }

@@ -252,7 +252,8 @@ impl Directory {
                 }
             }
             Err(e) => {
-                let e = format!("plugin {name} ({}): {e}", path.display());
+                // Bounded: a load error can quote what the component declares (its imports).
+                let e = super::text::bounded(format!("plugin {name} ({}): {e}", path.display()));
                 if entry.error.as_ref() != Some(&e) {
                     self.metrics.plugin_load_errors.inc();
                     match &entry.good {

@@ -69,11 +69,12 @@ pub struct Failure {
 }
 
 impl Failure {
-    /// A failure of `kind` with `detail`.
+    /// A failure of `kind` with `detail` (bounded: a trap's message quotes names the module
+    /// declares, and a refusal quotes the plugin).
     pub fn new(kind: FailureKind, detail: impl Into<String>) -> Self {
         Self {
             kind,
-            detail: detail.into(),
+            detail: super::text::bounded(detail.into()),
         }
     }
 }

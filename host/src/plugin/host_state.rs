@@ -111,11 +111,7 @@ impl host::Host for HostState {
             return;
         }
         // Bounded so a plugin cannot write megabyte lines either.
-        let mut end = message.len().min(1024);
-        while !message.is_char_boundary(end) {
-            end -= 1;
-        }
-        let msg = &message[..end];
+        let msg = super::text::bounded(message);
         let (plugin, worker) = (&*self.plugin, self.worker);
         match level {
             Level::Error => tracing::error!(plugin, worker, "{msg}"),

@@ -74,7 +74,7 @@ impl Instance {
     }
 
     /// Hands the instance a Service handle and its config. The inner Err is the plugin's own
-    /// refusal of the config.
+    /// refusal of the config (bounded: it is logged and shown on every retry).
     pub fn configure(
         &mut self,
         service: &types::Service,
@@ -83,6 +83,7 @@ impl Instance {
         self.arm(self.setup_ticks);
         self.lifecycle
             .call_configure(&mut self.store, service, config)
+            .map(|r| r.map_err(super::text::bounded))
             .map_err(|e| self.failure(e))
     }
 

@@ -21,6 +21,7 @@
 //! - [`slot`]: one plugin on one worker, and how its failures are booked.
 //! - [`backoff`]: failure counting, disable, probation (a pure state machine).
 //! - [`failure`]: the ways a call can fail.
+//! - [`text`]: plugin-made text (logs, refusals, names in traps), bounded where it enters.
 
 pub mod backoff;
 pub mod bindings;
@@ -37,6 +38,7 @@ pub mod probe;
 pub mod runtime;
 pub mod setup;
 pub mod slot;
+pub mod text;
 pub mod ticker;
 pub mod wire;
 pub mod worker_instances;
