@@ -33,6 +33,9 @@
 #                  keep-alive request, microseconds                      (lower is better)
 #   cpu_us_conn    the same per new connection (the Connection: close run)
 #   cpu_us_dgram   the same per UDP datagram delivered
+#   cs_req, cs_conn, cs_dgram   the forwarder's context switches (voluntary and not, every
+#                  thread, from /proc) per keep-alive request, new connection and datagram:
+#                  its wake-ups, what a forwarder sharing a CPU pays most for
 #                  (HAProxy and nodeportd only: kernel DNAT works in softirq, not in a
 #                  process; its rows are n/a)
 #
@@ -91,7 +94,7 @@ NOFILE=$(ulimit -Hn)
 
 ALL_PATHS=(direct dnat haproxy nodeportd wasm)
 METRICS=(rps_keepalive p50_ms p99_ms rps_newconn tcp_gbps tcp4_gbps tcp4_retrans udp_mbps udp_loss_pct
-    cpu_us_req cpu_us_conn cpu_us_dgram)
+    cpu_us_req cpu_us_conn cpu_us_dgram cs_req cs_conn cs_dgram)
 BENCH_PIN="${BENCH_PIN:-0}"
 BENCH_CPU_CLIENT="${BENCH_CPU_CLIENT:-0}"
 BENCH_CPU_NODE="${BENCH_CPU_NODE:-1}"
@@ -119,6 +122,8 @@ PIDS=()            # long-running processes we started (nginx, haproxy, nodeport
 FG_PID=""          # the bounded measurement currently running, if any
 FWD_PID=""         # the forwarder process of the path being measured (none: in the kernel)
 CPU_US=""          # its CPU over the last wrk/iperf3 run, microseconds (empty: not known)
+CS_N=""            # its context switches over that run (empty: not known)
+CPU_T0="" CS_T0="" # the forwarder's CPU ticks and context switches when that run started
 IPERF_SRV=""       # the current one-shot iperf3 server
 WRK_RPS="" WRK_P50="" WRK_P99="" IPERF_JSON=""   # outputs of wrk_run / iperf_run
 LOAD_AT_START=0
@@ -356,12 +361,24 @@ cpu_ticks() { # utime+stime of the forwarder (all its threads), in clock ticks; 
     sed 's/.*) //' "/proc/$FWD_PID/stat" | awk '{ print $12 + $13 }'
 }
 
-cpu_since() { # ticks at the start -> sets CPU_US (microseconds since), or empty
-    local now
-    now=$(cpu_ticks)
-    CPU_US=""
-    [[ -n $1 && -n $now ]] || return 0
-    CPU_US=$(awk -v a="$1" -v b="$now" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.0f", (b - a) * 1e6 / hz }')
+switches() { # context switches of the forwarder (all its threads) so far; empty if none
+    [[ -n $FWD_PID && -d /proc/$FWD_PID/task ]] || return 0
+    cat /proc/"$FWD_PID"/task/*/status 2>/dev/null |
+        awk '/^(voluntary|nonvoluntary)_ctxt_switches:/ { n += $2 } END { print n + 0 }'
+}
+
+cpu_mark() { # -> sets CPU_T0 and CS_T0 for cpu_since
+    CPU_T0=$(cpu_ticks) CS_T0=$(switches)
+}
+
+cpu_since() { # since cpu_mark -> sets CPU_US (microseconds) and CS_N (context switches), or empty
+    local now sw
+    now=$(cpu_ticks) sw=$(switches)
+    CPU_US="" CS_N=""
+    [[ -n $CPU_T0 && -n $now ]] || return 0
+    CPU_US=$(awk -v a="$CPU_T0" -v b="$now" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.0f", (b - a) * 1e6 / hz }')
+    [[ -n $CS_T0 && -n $sw ]] && CS_N=$((sw - CS_T0))
+    return 0
 }
 
 per() { # microseconds count -> microseconds per unit, or empty
@@ -369,16 +386,16 @@ per() { # microseconds count -> microseconds per unit, or empty
     awk -v us="$1" -v n="$2" 'BEGIN { if (n > 0) printf "%.2f", us / n }'
 }
 
-wrk_run() { # path tag url [extra wrk args...]: sets WRK_RPS WRK_P50 WRK_P99 (ms), WRK_N, CPU_US
-    local path=$1 tag=$2 url=$3 out="$WORK/out/$1.$2.wrk" t0
+wrk_run() { # path tag url [extra wrk args...]: sets WRK_RPS WRK_P50 WRK_P99 (ms), WRK_N, CPU_US, CS_N
+    local path=$1 tag=$2 url=$3 out="$WORK/out/$1.$2.wrk"
     shift 3
-    t0=$(cpu_ticks)
+    cpu_mark
     if ! run_bounded $((BENCH_SECONDS + 20)) "$out" \
             ip netns exec "$NS_C" "${PIN_CLIENT[@]}" wrk -t2 -c64 -d"${BENCH_SECONDS}s" --latency "$@" "$url"; then
         warn "$path: wrk ($tag) failed: $(tail -3 "$out" | tr '\n' ' ')"
         return 1
     fi
-    cpu_since "$t0"
+    cpu_since
     WRK_N=$(awk '/requests in/ {print $1}' "$out")
     local rps p50 p99 errs
     rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
@@ -404,13 +421,13 @@ stop_iperf_server() { # give the one-shot server a moment to finish, then make s
 }
 
 iperf_run() { # path tag addr port [extra iperf3 args...]: sets IPERF_JSON (file), or fails
-    local path=$1 tag=$2 addr=$3 port=$4 out="$WORK/out/$1.$2.json" rc=0 t0
+    local path=$1 tag=$2 addr=$3 port=$4 out="$WORK/out/$1.$2.json" rc=0
     shift 4
     start_iperf_server || return 1
-    t0=$(cpu_ticks)
+    cpu_mark
     run_bounded $((BENCH_SECONDS + 20)) "$out" ip netns exec "$NS_C" "${PIN_CLIENT[@]}" \
         iperf3 -c "$addr" -p "$port" -t "$BENCH_SECONDS" --connect-timeout 3000 -J "$@" || rc=$?
-    cpu_since "$t0"
+    cpu_since
     stop_iperf_server
     if [[ $rc != 0 ]] || ! jq -e 'has("end") and (has("error") | not)' "$out" >/dev/null 2>&1; then
         warn "$path: iperf3 ($tag) failed (rc $rc): $(jq -r '.error // empty' "$out" 2>/dev/null || tail -c 300 "$out")"
@@ -447,7 +464,7 @@ measure_path() { # path addr http_port iperf_port udp(yes|no)
     log "$path: wrk keep-alive"
     if wrk_run "$path" keepalive "http://$addr:$hport/"; then
         RES[$path.rps_keepalive]=$WRK_RPS RES[$path.p50_ms]=$WRK_P50 RES[$path.p99_ms]=$WRK_P99
-        RES[$path.cpu_us_req]=$(per "$CPU_US" "$WRK_N")
+        RES[$path.cpu_us_req]=$(per "$CPU_US" "$WRK_N") RES[$path.cs_req]=$(per "$CS_N" "$WRK_N")
     else
         add_note "$path" "wrk keep-alive failed"; FAILURES=$((FAILURES + 1))
     fi
@@ -456,7 +473,7 @@ measure_path() { # path addr http_port iperf_port udp(yes|no)
     log "$path: wrk Connection: close"
     if wrk_run "$path" newconn "http://$addr:$hport/" -H 'Connection: close'; then
         RES[$path.rps_newconn]=$WRK_RPS
-        RES[$path.cpu_us_conn]=$(per "$CPU_US" "$WRK_N")
+        RES[$path.cpu_us_conn]=$(per "$CPU_US" "$WRK_N") RES[$path.cs_conn]=$(per "$CS_N" "$WRK_N")
     else
         add_note "$path" "wrk new-connection failed"; FAILURES=$((FAILURES + 1))
     fi
@@ -490,8 +507,10 @@ measure_path() { # path addr http_port iperf_port udp(yes|no)
         RES[$path.udp_mbps]=$(jq -r '(.end.sum_received.bits_per_second //
             (.end.sum.bits_per_second * (1 - .end.sum.lost_percent / 100))) / 1e6' "$IPERF_JSON")
         RES[$path.udp_loss_pct]=$(jq -r '(.end.sum_received.lost_percent // .end.sum.lost_percent)' "$IPERF_JSON")
-        RES[$path.cpu_us_dgram]=$(per "$CPU_US" "$(jq -r '(.end.sum_received.packets // .end.sum.packets)
-            - (.end.sum_received.lost_packets // .end.sum.lost_packets)' "$IPERF_JSON")")
+        local dgrams
+        dgrams=$(jq -r '(.end.sum_received.packets // .end.sum.packets)
+            - (.end.sum_received.lost_packets // .end.sum.lost_packets)' "$IPERF_JSON")
+        RES[$path.cpu_us_dgram]=$(per "$CPU_US" "$dgrams") RES[$path.cs_dgram]=$(per "$CS_N" "$dgrams")
     else
         add_note "$path" "iperf3 UDP failed"; FAILURES=$((FAILURES + 1))
     fi
@@ -712,6 +731,7 @@ fmt() { # metric value -> formatted cell
         udp_mbps) awk -v v="$2" 'BEGIN { printf "%.1f", v }' ;;
         udp_loss_pct) awk -v v="$2" 'BEGIN { printf "%.2f", v }' ;;
         cpu_us_*) awk -v v="$2" 'BEGIN { printf "%.1f", v }' ;;
+        cs_*) awk -v v="$2" 'BEGIN { printf "%.3f", v }' ;;
     esac
 }
 
@@ -727,7 +747,9 @@ print_table() {
         [tcp4_retrans]="TCP retransmits, 4 streams" [udp_mbps]="UDP delivered (Mbit/s)"
         [udp_loss_pct]="UDP loss (%)" [cpu_us_req]="forwarder CPU per request (us)"
         [cpu_us_conn]="forwarder CPU per new connection (us)"
-        [cpu_us_dgram]="forwarder CPU per datagram (us)")
+        [cpu_us_dgram]="forwarder CPU per datagram (us)"
+        [cs_req]="forwarder context switches per request" [cs_conn]="forwarder context switches per new connection"
+        [cs_dgram]="forwarder context switches per datagram")
     local m better
     echo
     echo "nodeportd e2e benchmark: $(date -u +%Y-%m-%dT%H:%MZ), kernel $(uname -r), $(nproc) cores," \
@@ -743,7 +765,7 @@ print_table() {
     echo "| metric | better | direct | kernel DNAT | HAProxy | nodeportd | nodeportd+wasm | nodeportd/HAProxy | nodeportd/DNAT | HAProxy/DNAT | wasm/nodeportd |"
     echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     for m in "${METRICS[@]}"; do
-        case $m in p50_ms | p99_ms | tcp4_retrans | udp_loss_pct | cpu_us_*) better=lower ;; *) better=higher ;; esac
+        case $m in p50_ms | p99_ms | tcp4_retrans | udp_loss_pct | cpu_us_* | cs_*) better=lower ;; *) better=higher ;; esac
         printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "${label[$m]}" "$better" \
             "$(fmt "$m" "${RES[direct.$m]:-}")" "$(fmt "$m" "${RES[dnat.$m]:-}")" \
             "$(fmt "$m" "${RES[haproxy.$m]:-}")" "$(fmt "$m" "${RES[nodeportd.$m]:-}")" \
