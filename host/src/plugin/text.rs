@@ -6,8 +6,9 @@
 /// The most bytes of plugin-made text the host keeps.
 pub const MAX_BYTES: usize = 1024;
 
-/// `text` cut to [`MAX_BYTES`] at a character boundary, marked where it was cut.
-pub fn bounded(mut text: String) -> String {
+/// `text` cut to [`MAX_BYTES`] at a character boundary, marked where it was cut. A cut text
+/// is a new string: truncating in place would keep the plugin's megabytes allocated.
+pub fn bounded(text: String) -> String {
     if text.len() <= MAX_BYTES {
         return text;
     }
@@ -15,10 +16,11 @@ pub fn bounded(mut text: String) -> String {
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    let cut = text.len() - end;
-    text.truncate(end);
-    text.push_str(&format!("... ({cut} more bytes)"));
-    text
+    let mark = format!("... ({} more bytes)", text.len() - end);
+    let mut cut = String::with_capacity(end + mark.len());
+    cut.push_str(&text[..end]);
+    cut.push_str(&mark);
+    cut
 }
 
 #[cfg(test)]
@@ -35,9 +37,8 @@ mod tests {
         let cut = bounded(text);
         assert!(cut.starts_with(&"x".repeat(MAX_BYTES - 1)), "{cut}");
         assert!(cut.ends_with("... (12 more bytes)"), "{cut}");
-        assert_eq!(
-            bounded("z".repeat(8 << 20)).len(),
-            MAX_BYTES + "... (8387584 more bytes)".len()
-        );
+        let cut = bounded("z".repeat(8 << 20));
+        assert_eq!(cut.len(), MAX_BYTES + "... (8387584 more bytes)".len());
+        assert!(cut.capacity() < 2 * MAX_BYTES, "the megabytes are not kept");
     }
 }
