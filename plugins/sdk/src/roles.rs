@@ -13,7 +13,8 @@ pub trait Plugin: Default + 'static {
     /// is "" when the annotation is absent).
     ///
     /// Parse and validate here, not per flow: an `Err` keeps the Service off this plugin and
-    /// is shown to the operator, so make it name the offending part of the config.
+    /// is shown to the operator, so make it name the offending part of the config (first:
+    /// the host keeps 1 KiB of it).
     fn configure(&mut self, service: &Service, config: &str) -> Result<(), String> {
         let _ = (service, config);
         Ok(())
