@@ -142,14 +142,12 @@ impl Directory {
     /// Waits, at most `bound`, until no load and no probe runs; false when some still does.
     pub fn wait_idle(&mut self, bound: Duration) -> bool {
         let deadline = Instant::now() + bound;
-        while self.loads.busy() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Some(l) = self.loads.take_timeout(left) else {
-                return false;
-            };
+        let (loaded, idle) = self.loads.settle(bound);
+        for l in loaded {
             self.record(l);
         }
-        self.prober
+        idle && self
+            .prober
             .wait_idle(deadline.saturating_duration_since(Instant::now()))
     }
 

@@ -4,7 +4,7 @@
 //! proportion to its code) and `configure` probes (a hostile `configure` runs to its
 //! deadline) run here.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -74,6 +74,20 @@ impl<J: Send + 'static, R: Send + 'static> Offload<J, R> {
         self.running -= 1;
         Some(r)
     }
+
+    /// Waits, at most `bound`, until no submitted job is out: the results taken meanwhile,
+    /// and whether none is still out.
+    pub fn settle(&mut self, bound: Duration) -> (Vec<R>, bool) {
+        let deadline = Instant::now() + bound;
+        let mut taken = Vec::new();
+        while self.busy() {
+            match self.take_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Some(r) => taken.push(r),
+                None => return (taken, false),
+            }
+        }
+        (taken, true)
+    }
 }
 
 #[cfg(test)]
@@ -121,5 +135,29 @@ mod tests {
             assert!(told.is_ok(), "done is called after each result");
         }
         assert!(dones.try_recv().is_err(), "and only then");
+    }
+
+    #[test]
+    fn settling_takes_every_result_or_says_one_is_still_out() {
+        let (release, held) = crossbeam_channel::bounded::<()>(1);
+        let mut pool = Offload::start(
+            "offload-settle",
+            2,
+            move |job: &'static str| {
+                if job == "slow" {
+                    let _ = held.recv_timeout(Duration::from_secs(10));
+                }
+                job
+            },
+            Arc::new(|| {}),
+        )
+        .expect("threads");
+        assert_eq!(pool.settle(Duration::ZERO), (vec![], true), "nothing out");
+        assert!(pool.submit("slow") && pool.submit("quick"));
+        let (taken, idle) = pool.settle(Duration::from_millis(200));
+        assert_eq!((taken, idle), (vec!["quick"], false), "slow is held");
+        release.send(()).expect("release");
+        assert_eq!(pool.settle(Duration::from_secs(10)), (vec!["slow"], true));
+        assert!(!pool.busy());
     }
 }

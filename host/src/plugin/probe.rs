@@ -158,18 +158,12 @@ impl Prober {
 
     /// Waits, at most `bound`, until no probe runs; false when some still does.
     pub fn wait_idle(&mut self, bound: Duration) -> bool {
-        let deadline = Instant::now() + bound;
-        loop {
-            self.collect();
-            if !self.states.values().any(|s| matches!(s, State::Pending(_))) {
-                return true;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.pool.take_timeout(left) {
-                Some(r) => self.record(r),
-                None => return false,
-            }
+        // A state is Pending exactly while its probe is out of the pool.
+        let (results, idle) = self.pool.settle(bound);
+        for r in results {
+            self.record(r);
         }
+        idle
     }
 
     /// Forgets every outcome of plugin versions not in `live` (digests).
