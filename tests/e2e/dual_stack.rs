@@ -5,10 +5,18 @@ use std::time::Duration;
 
 use nodeportd_e2e::*;
 
+/// True (and says so) when `::1` cannot be bound here: the test is skipped.
+fn skip_without_ipv6() -> bool {
+    let skip = !has_ipv6();
+    if skip {
+        eprintln!("SKIP: ::1 cannot be bound on this machine");
+    }
+    skip
+}
+
 #[test]
 fn dual_stack_service_serves_both_families() {
-    if !has_ipv6() {
-        eprintln!("SKIP: ::1 cannot be bound on this machine");
+    if skip_without_ipv6() {
         return;
     }
     let v4 = TcpBackend::start("127.0.0.1:0", "v4");
@@ -84,8 +92,7 @@ fn dual_stack_service_serves_both_families() {
 
 #[test]
 fn ipv4_only_service_is_not_served_on_ipv6() {
-    if !has_ipv6() {
-        eprintln!("SKIP: ::1 cannot be bound on this machine");
+    if skip_without_ipv6() {
         return;
     }
     let v4 = TcpBackend::local("v4");
@@ -113,8 +120,7 @@ fn ipv4_only_service_is_not_served_on_ipv6() {
 
 #[test]
 fn a_spread_udp_node_port_steers_ipv6_clients_by_address() {
-    if !has_ipv6() {
-        eprintln!("SKIP: ::1 cannot be bound on this machine");
+    if skip_without_ipv6() {
         return;
     }
     // IPv6 has one loopback address to send from, so this checks the IPv6 steering program
